@@ -1,0 +1,200 @@
+"""The one training loop: any model, any objective, data resident on the device as one tensor."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kdistill.models import ConvClassifier
+from kdistill.objectives import Batch, Objective, StudentOutput, TEACHER_FEATURES, TEACHER_LOGITS
+
+EVAL_BATCH_SIZE = 1000
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names stage, epoch and batch."""
+
+
+# --------------------------------------------------------------------------------------------
+# Where and how to compute
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """``auto`` picks CUDA, then MPS, then CPU; bf16 where the hardware computes it natively."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device is 'mps' but MPS is not available")
+    native_bf16 = {
+        "cuda": lambda: torch.cuda.is_bf16_supported(),
+        "cpu": _cpu_has_bf16,
+        "mps": lambda: False,
+    }[device]()
+    if precision == "auto":
+        precision = "bf16" if native_bf16 else "fp32"
+    return Runtime(torch.device(device), torch.bfloat16 if precision == "bf16" else None)
+
+
+class DeviceImages:
+    """A split's uint8 images and labels on the device; batches are normalized on the fly."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
+                 std: tuple[float, ...], device: torch.device) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        shape = (1, 3, 1, 1)
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(shape)
+        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(shape)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
+        # channels_last: the convolutions' fast layout on CPUs (oneDNN) and tensor cores alike
+        x = self.images[index].float() * self.scale - self.shift
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: DeviceImages, runtime: Runtime) -> float:
+    """Test accuracy in percent."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), EVAL_BATCH_SIZE):
+        window = slice(start, start + EVAL_BATCH_SIZE)
+        with runtime.autocast():
+            logits = model(data.inputs(window))
+        correct += (logits.argmax(dim=1) == data.labels[window]).sum().item()
+    return 100.0 * correct / len(data)
+
+
+@torch.inference_mode()
+def teacher_outputs(teacher: ConvClassifier, data: DeviceImages, runtime: Runtime) -> dict[str, torch.Tensor]:
+    """The teacher's logits and last feature map for every training image, computed once.
+
+    Without augmentation the frozen teacher (eval mode: dropout off) gives the same outputs on
+    every epoch, so this is the tutorial's per-batch teacher forward at a fraction of the cost.
+    """
+    teacher.eval()
+    logits, features = [], []
+    for start in range(0, len(data), EVAL_BATCH_SIZE):
+        with runtime.autocast():
+            feature_map = teacher.forward_features(data.inputs(slice(start, start + EVAL_BATCH_SIZE)))
+            logits.append(teacher.forward_head(feature_map).cpu())
+        features.append(feature_map.contiguous().cpu())
+    return {TEACHER_LOGITS: torch.cat(logits), TEACHER_FEATURES: torch.cat(features)}
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    terms: dict[str, float]
+    test_accuracy: float
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        return {"train_loss": self.train_loss, "test_accuracy": self.test_accuracy, "epoch_seconds": self.seconds,
+                **{f"train_loss.{name}": value for name, value in self.terms.items()}}
+
+
+def _batch(labels: torch.Tensor, teacher: dict[str, torch.Tensor], index: torch.Tensor) -> Batch:
+    logits, features = teacher.get(TEACHER_LOGITS), teacher.get(TEACHER_FEATURES)
+    return Batch(labels[index], None if logits is None else logits[index], None if features is None else features[index])
+
+
+def train(
+    model: ConvClassifier,
+    objective: Objective,
+    train_data: DeviceImages,
+    test_data: DeviceImages,
+    runtime: Runtime,
+    *,
+    stage: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    teacher: dict[str, torch.Tensor] | None = None,
+    on_epoch: Callable[[EpochResult], None] = lambda result: None,
+) -> list[EpochResult]:
+    """Adam on the model and the objective's own parameters (the hint regressor), one epoch at a time."""
+    parameters = [*model.parameters(), *objective.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    shuffle = torch.Generator().manual_seed(seed)
+    history: list[EpochResult] = []
+    batches = -(-len(train_data) // batch_size)
+    on_terminal = sys.stderr.isatty()
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        objective.train()
+        order = torch.randperm(len(train_data), generator=shuffle).to(train_data.labels.device)
+        sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(range(batches), desc=f"{stage} epoch {epoch}/{epochs}", unit="batch", leave=False,
+                   disable=not on_terminal)
+        for step in bar:
+            index = order[step * batch_size:(step + 1) * batch_size]
+            with runtime.autocast():
+                feature_map = model.forward_features(train_data.inputs(index))
+                student = StudentOutput(model.forward_head(feature_map), feature_map)
+                total, terms = objective(student, _batch(train_data.labels, teacher or {}, index))
+            if not torch.isfinite(total):
+                raise TrainingError(f"{stage}: loss became {total.item()} at epoch {epoch}, batch {step + 1}/{batches}; "
+                                    "no model written (lower train.lr or check the loss weights)")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in {"total": total, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+        means = {name: (value / batches).item() for name, value in sums.items()}
+        accuracy = evaluate(model, test_data, runtime)
+        result = EpochResult(epoch, means.pop("total"), means, accuracy, time.perf_counter() - started)
+        history.append(result)
+        line = f"{stage} epoch {epoch}/{epochs}: train_loss {result.train_loss:.4f}, " \
+               f"test_accuracy {accuracy:.2f}%, {result.seconds:.1f} s"
+        if on_terminal:
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+        on_epoch(result)
+    return history
