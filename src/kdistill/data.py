@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -158,7 +159,7 @@ def _tar_members(archive: Path) -> Iterator[Member]:
             if (info.issym() or info.islnk()) and _link_escapes(info.name, info.linkname):
                 raise DataError(f"{archive}: refused member {info.name!r}: link to {info.linkname!r} leaves the archive")
             if info.isfile():
-                yield Member(info.name, lambda info=info: tar.extractfile(info).read())
+                yield Member(info.name, _guarded(archive, lambda info=info: tar.extractfile(info).read()))
 
 
 def _zip_members(archive: Path) -> Iterator[Member]:
@@ -171,7 +172,20 @@ def _zip_members(archive: Path) -> Iterator[Member]:
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
                 raise DataError(f"{archive}: refused member {info.filename!r}: device or fifo file")
             if not info.is_dir():
-                yield Member(info.filename, lambda info=info: zf.read(info))
+                yield Member(info.filename, _guarded(archive, lambda info=info: zf.read(info)))
+
+
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)
+
+
+def _guarded(archive: Path, read: Callable[[], bytes]) -> Callable[[], bytes]:
+    def guarded_read() -> bytes:
+        try:
+            return read()
+        except _ARCHIVE_ERRORS as error:
+            raise DataError(f"{archive}: unreadable or truncated archive: {error}") from None
+
+    return guarded_read
 
 
 def archive_members(archive: Path) -> Iterator[Member]:
@@ -181,7 +195,7 @@ def archive_members(archive: Path) -> Iterator[Member]:
             yield from _zip_members(archive)
         else:
             yield from _tar_members(archive)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+    except _ARCHIVE_ERRORS as error:
         raise DataError(f"{archive}: unreadable or truncated archive: {error}") from None
 
 
@@ -284,16 +298,17 @@ _IMAGEFOLDER_MEMBER = re.compile(r"^(?:.*/)?(train|test)/([^/]+)/([^/]+)$")
 
 
 def _decode(archive: Path, name: str, payload: bytes) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        image = decode_image(torch.frombuffer(bytearray(payload), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as error:
+        with Image.open(io.BytesIO(payload)) as picture:
+            picture = picture.convert("RGB")
+            if picture.size != (IMAGE_SIZE, IMAGE_SIZE):
+                picture = picture.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            pixels = np.asarray(picture, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"{archive}: member {name!r} is not a readable image: {error}") from None
-    if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        image = resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
-    return image
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
 
 def read_imagefolder(archive: Path) -> ImageDataset:

@@ -51,7 +51,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown = shown.rename(columns={
         "parameters": "parameters", "test_accuracy": "test accuracy (%)", "vs_student_ce": "vs CE student (points)",
         "tutorial_accuracy": "tutorial's run (%)", "wall_time_s": "wall time (s)"})
-    body = shown.to_markdown(index=False, floatfmt=".2f", intfmt=",")
+    body = shown.to_markdown(index=False, floatfmt=".2f", intfmt=",", missingval="—")
     return (
         "# Knowledge distillation: results\n\n"
         f"{body}\n\n"

@@ -42,7 +42,7 @@ def git_commit(root: Path) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def _connect(uri: str) -> None:
+def _connect(uri: str, artifacts: Path | None) -> None:
     """Fail fast, naming the URI, when the store cannot be reached (instead of retrying for minutes)."""
     # Bounded retries: a server that is down must fail the stage within seconds, before training.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -50,6 +50,8 @@ def _connect(uri: str) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
     try:
+        if artifacts is not None and mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
         mlflow.set_experiment(EXPERIMENT)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
         raise TrackingError(f"cannot use the MLflow tracking store at {uri}: {error}") from None
@@ -68,7 +70,8 @@ def run_tags(stage: str, root: Path) -> dict[str, str]:
 def stage_run(stage: str, params: dict[str, Any], root: Path) -> Iterator[Any]:
     """An MLflow run for one stage execution; it ends FAILED if the stage raises."""
     uri = tracking_uri(root)
-    _connect(uri)
+    # The embedded store keeps artifacts beside mlflow.db, wherever the stage was started from.
+    _connect(uri, None if os.environ.get("MLFLOW_TRACKING_URI") else root / "mlruns")
     with mlflow.start_run(run_name=stage, tags=run_tags(stage, root)) as run:
         mlflow.log_params(params)
         yield run
@@ -80,7 +83,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 def log_model(model: Any, name: str) -> None:
     """Log the trained network with a signature and input example, so it loads back anywhere."""
-    example = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    # Two images, not one: torch.export would otherwise specialize the batch dimension to 1.
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)
     mlflow.pytorch.log_model(
         model.cpu().eval(),
         name=name,

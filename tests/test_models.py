@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from kdistill.checkpoints import load_checkpoint, save_checkpoint
+from kdistill.models import DeepNN, LightNN, build_model, count_parameters
+
+
+def test_parameter_counts_are_the_tutorials():
+    assert count_parameters(DeepNN()) == 1_186_986
+    assert count_parameters(LightNN()) == 267_738
+
+
+@pytest.mark.parametrize(("model", "shape"), [(DeepNN(), (32, 8, 8)), (LightNN(), (16, 8, 8))])
+def test_features_then_head_is_the_forward_pass(model, shape):
+    model.eval()
+    images = torch.randn(3, 3, 32, 32)
+    features = model.forward_features(images)
+    assert tuple(features.shape) == (3, *shape) == (3, *model.feature_shape)
+    assert torch.equal(model.forward_head(features), model(images))
+
+
+def test_same_seed_same_student():
+    torch.manual_seed(42)
+    first = LightNN()
+    torch.manual_seed(42)
+    second = LightNN()
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_checkpoint_rebuilds_the_network_from_its_file(tmp_path):
+    model = build_model("DeepNN").eval()
+    save_checkpoint(tmp_path / "m.pt", model, stage="train_teacher", metrics={"test_accuracy": 50.0})
+    loaded, payload = load_checkpoint(tmp_path / "m.pt")
+    images = torch.randn(2, 3, 32, 32)
+    assert isinstance(loaded, DeepNN) and payload["stage"] == "train_teacher"
+    assert torch.equal(loaded.eval()(images), model(images))
+    assert not list(tmp_path.glob(".*partial"))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_tampered_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"architecture": "LightNN", "num_classes": 10}, "state_dict": {}, "x": Exploit()}, path)
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        load_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out
+    torch.load(path, weights_only=False)  # the file really is hostile: an unrestricted load runs it
+    assert "pwned" in capsys.readouterr().out
