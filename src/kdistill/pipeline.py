@@ -18,7 +18,15 @@ from kdistill import tracking
 from kdistill.checkpoints import save_checkpoint
 from kdistill.config import ConfigError, Params, load_params
 from kdistill.data import DataError, ImageDataset, prepare
-from kdistill.engine import DeviceImages, EpochResult, TrainingError, resolve_runtime, teacher_outputs, train
+from kdistill.engine import (
+    DeviceImages,
+    EpochResult,
+    TrainingError,
+    keep_freed_memory,
+    resolve_runtime,
+    teacher_outputs,
+    train,
+)
 from kdistill.files import atomic_path, write_json
 from kdistill.models import build_model, count_parameters
 from kdistill.objectives import build_objective
@@ -93,6 +101,7 @@ def _load_teacher_outputs(layout: Layout, wanted: frozenset[str], device: torch.
 
 def run_training(stage: str, params: Params, layout: Layout) -> dict[str, float]:
     started = time.perf_counter()
+    keep_freed_memory()
     runtime = resolve_runtime(params.train.device, params.train.precision)
     dataset = ImageDataset.load(layout.dataset)
     normalization = (params.data.mean, params.data.std)
