@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def with_value(key: str, value: object) -> dict:
 
 def test_defaults_are_the_tutorials():
     params = load_params(ROOT / "params.yaml")
-    assert params.seed == 42
+    assert params.seeds == [42]
     assert (params.train.epochs, params.train.batch_size, params.train.lr) == (10, 128, 0.001)
     assert (params.distill_kd.T, params.distill_kd.soft_target_loss_weight, params.distill_kd.ce_loss_weight) == (2, 0.25, 0.75)
     assert (params.distill_cosine.hidden_rep_loss_weight, params.distill_cosine.ce_loss_weight) == (0.25, 0.75)
@@ -70,6 +71,15 @@ def test_all_zero_weights_are_rejected():
         parse_params(raw)
 
 
+@pytest.mark.parametrize(("seeds", "expected"), [([], "seeds: List should have at least 1 item"),
+                                                 ([1, 1], "seeds must be distinct"), ([-1], "seeds.0")])
+def test_bad_seeds_are_rejected(seeds, expected):
+    raw = defaults()
+    raw["seeds"] = seeds
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_params(raw)
+
+
 def test_missing_key_is_named():
     raw = defaults()
     del raw["train"]["lr"]
@@ -80,7 +90,7 @@ def test_missing_key_is_named():
 def test_dvc_yaml_declares_exactly_the_keys_each_stage_reads():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {name: stage.get("params", []) for name, stage in stages.items()}
-    assert declared == {**STAGE_PARAMS, "report": []}
+    assert declared == STAGE_PARAMS
     every_key = set(load_params(ROOT / "params.yaml").flat())
     assert set().union(*STAGE_PARAMS.values()) == every_key, "a params key that no stage reads"
 

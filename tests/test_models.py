@@ -29,11 +29,16 @@ def test_same_seed_same_student():
 
 def test_checkpoint_rebuilds_the_network_from_its_file(tmp_path):
     model = build_model("DeepNN").eval()
-    save_checkpoint(tmp_path / "m.pt", model, stage="train_teacher", metrics={"test_accuracy": 50.0})
+    torch.manual_seed(7)
+    other = build_model("DeepNN").eval()
+    save_checkpoint(tmp_path / "m.pt", {42: model, 7: other}, stage="train_teacher", metrics={"test_accuracy": 50.0})
     loaded, payload = load_checkpoint(tmp_path / "m.pt")
     images = torch.randn(2, 3, 32, 32)
-    assert isinstance(loaded, DeepNN) and payload["stage"] == "train_teacher"
+    assert isinstance(loaded, DeepNN) and payload["stage"] == "train_teacher" and payload["seeds"] == [42, 7]
     assert torch.equal(loaded.eval()(images), model(images))
+    assert torch.equal(load_checkpoint(tmp_path / "m.pt", seed=7)[0].eval()(images), other(images))
+    with pytest.raises(ValueError, match="no weights for seed 3"):
+        load_checkpoint(tmp_path / "m.pt", seed=3)
     assert not list(tmp_path.glob(".*partial"))
 
 
@@ -44,7 +49,8 @@ class Exploit:
 
 def test_tampered_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
-    torch.save({"model": {"architecture": "LightNN", "num_classes": 10}, "state_dict": {}, "x": Exploit()}, path)
+    torch.save({"model": {"architecture": "LightNN", "num_classes": 10}, "seeds": [1], "state_dicts": {1: {}},
+                "x": Exploit()}, path)
     with pytest.raises(ValueError, match="not a loadable checkpoint"):
         load_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out

@@ -21,6 +21,7 @@ from kdistill.pipeline import STAGE_PARAMS, TRAINING_STAGES
 
 ALL_STAGES = ["download", *TRAINING_STAGES, "report"]
 BIN = Path(sys.executable).parent
+SEEDS = [42, 7]
 
 
 def copy_project(destination: Path) -> Path:
@@ -42,8 +43,11 @@ def sh(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 def set_param(project: Path, key: str, value: object) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    section, leaf = key.split(".")
-    params[section][leaf] = value
+    *sections, leaf = key.split(".")
+    node = params
+    for section in sections:
+        node = node[section]
+    node[leaf] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -68,6 +72,7 @@ def pipeline(tmp_path_factory, cifar_archive):
     set_param(project, "data.url", f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
     set_param(project, "data.md5", digest)
     set_param(project, "train.epochs", 1)
+    set_param(project, "seeds", SEEDS)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -89,19 +94,31 @@ def test_every_output_is_there_and_self_describing(pipeline):
     project, _, _ = pipeline
     for stage in TRAINING_STAGES:
         metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
-        model, payload = load_checkpoint(project / "models" / f"{stage}.pt")
+        seeds = SEEDS[:1] if stage == "train_teacher" else SEEDS
         expected = 1_186_986 if stage == "train_teacher" else 267_738
-        assert metrics["parameters"] == expected == sum(p.numel() for p in model.parameters())
-        assert 0 <= metrics["test_accuracy"] <= 100 and metrics["epochs"] == 1
-        assert payload["stage"] == stage and payload["params"]["train.epochs"] == 1
+        for seed in seeds:
+            model, payload = load_checkpoint(project / "models" / f"{stage}.pt", seed=seed)
+            assert metrics["parameters"] == expected == sum(p.numel() for p in model.parameters())
+        assert payload["stage"] == stage and payload["params"]["train.epochs"] == 1 and payload["seeds"] == seeds
+        assert list(metrics["per_seed"]) == [str(s) for s in seeds] and metrics["epochs"] == 1
+        assert metrics["test_accuracy"] == pytest.approx(sum(metrics["per_seed"].values()) / len(seeds))
         history = pd.read_csv(project / "metrics" / "history" / f"{stage}.csv")
         assert list(history["epoch"]) == [1] and {"train_loss", "test_accuracy"} <= set(history.columns)
     report = json.loads((project / "metrics" / "report.json").read_text())
     assert set(report["methods"]) == set(TRAINING_STAGES)
+    rows = {row["stage"]: row for row in report["rows"]}
+    kd, ce = rows["distill_kd"], rows["train_student_ce"]
+    paired = [kd["per_seed"][str(s)] - ce["per_seed"][str(s)] for s in SEEDS]
+    assert kd["vs_student_ce"] == pytest.approx(sum(paired) / 2)
+    assert kd["diff_low"] <= kd["vs_student_ce"] <= kd["diff_high"] and kd["seeds"] == 2
+    assert kd["mlflow_run_ids"].keys() == {"42", "7"} and kd["params"]["distill_kd.T"] == 2
+    assert kd["model_kib"] > 0 and kd["latency_ms"] > 0
     markdown = (project / "metrics" / "report.md").read_text()
-    for method in ("Teacher", "CE + KD", "CE + cosine", "CE + regressor"):
-        assert method in markdown
-    assert not list(project.rglob(".*.partial"))
+    for text in ("Teacher", "CE + KD", "CE + cosine", "CE + regressor", "95% CI", "over 2 seeds"):
+        assert text in markdown
+    for picture in ("accuracy.png", "curves.png"):
+        assert (project / "metrics" / "report" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(project.rglob(".*.partial")) and not list((project / ".resume").glob("*"))
 
 
 def test_dvc_sees_metrics_and_plots(pipeline):
@@ -113,33 +130,38 @@ def test_dvc_sees_metrics_and_plots(pipeline):
     assert "test_accuracy" in plots and "train_loss" in plots
 
 
-def test_mlflow_has_one_run_per_stage_with_params_metrics_and_model(pipeline):
+def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pipeline):
     from mlflow.tracking import MlflowClient
 
     project, _, _ = pipeline
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("knowledge-distillation")
     runs = client.search_runs([experiment.experiment_id])
-    by_name = {run.info.run_name: run for run in runs}
-    assert len(runs) == 6 and set(by_name) == {*TRAINING_STAGES, "report"}
+    by_stage: dict[str, list] = {}
+    for run in runs:
+        assert run.info.run_name == run.data.tags["stage"] and run.info.status == "FINISHED"
+        by_stage.setdefault(run.info.run_name, []).append(run)
+    assert {stage: len(r) for stage, r in by_stage.items()} == {
+        "train_teacher": 1, **{stage: 2 for stage in TRAINING_STAGES[1:]}, "report": 1}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     for stage in TRAINING_STAGES:
-        run = by_name[stage]
-        assert run.info.status == "FINISHED"
-        assert set(run.data.params) == set(STAGE_PARAMS[stage])
-        assert run.data.params["train.lr"] == "0.001"
-        assert run.data.tags["mlflow.source.git.commit"] == commit and run.data.tags["stage"] == stage
-        assert run.data.metrics["parameters"] > 0
         metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
-        assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-        assert metrics["mlflow_run_id"] == run.info.run_id
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy") if m.step > 0]
-        assert steps == [1]
-    assert float(by_name["distill_kd"].data.params["distill_kd.T"]) == 2
+        for run in by_stage[stage]:
+            seed = run.data.tags["seed"]
+            assert run.data.params["seed"] == seed and metrics["mlflow_run_ids"][seed] == run.info.run_id
+            assert set(run.data.params) == {*STAGE_PARAMS[stage], "seed"}
+            assert run.data.params["train.lr"] == "0.001"
+            assert run.data.tags["mlflow.source.git.commit"] == commit
+            assert run.data.metrics["parameters"] > 0
+            assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy") if m.step > 0] == [1]
+            inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+            assert set(inputs) == {"train", "test"} and inputs["train"].digest
+    assert float(by_stage["distill_kd"][0].data.params["distill_kd.T"]) == 2
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
-    assert {m.name for m in models} == set(TRAINING_STAGES)
-    artifacts = {a.path for a in client.list_artifacts(by_name["report"].info.run_id)}
-    assert {"report.md", "report.json"} <= artifacts
+    assert sorted(m.name for m in models) == sorted(["train_teacher", *[s for s in TRAINING_STAGES[1:]] * 2])
+    artifacts = {a.path for a in client.list_artifacts(by_stage["report"][0].info.run_id)}
+    assert {"report.md", "report.json", "accuracy.png", "curves.png"} <= artifacts
 
 
 def test_logged_model_loads_back_and_predicts(pipeline):
@@ -148,14 +170,16 @@ def test_logged_model_loads_back_and_predicts(pipeline):
 
     project, _, _ = pipeline
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    run_id = json.loads((project / "metrics" / "distill_kd.json").read_text())["mlflow_run_id"]
+    run_id = json.loads((project / "metrics" / "distill_kd.json").read_text())["mlflow_run_ids"]["7"]
     experiment = mlflow.get_experiment_by_name("knowledge-distillation")
     model_info = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                              filter_string=f"source_run_id = '{run_id}'")[0]
     loaded = mlflow.pytorch.load_model(model_info.model_uri)
-    reference, _ = load_checkpoint(project / "models" / "distill_kd.pt")
+    reference, _ = load_checkpoint(project / "models" / "distill_kd.pt", seed=7)
     images = torch.randn(5, 3, 32, 32)
     assert torch.allclose(loaded(images), reference.eval()(images), atol=1e-5)
+    signature = mlflow.models.get_model_info(model_info.model_uri).signature
+    assert signature is not None and tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 32, 32)
 
 
 @pytest.mark.parametrize(

@@ -70,12 +70,19 @@ class RegressorParams(WeightedLoss):
 
 
 class Params(Section):
-    seed: int = Field(ge=0)
+    # One student per seed in every student stage; the teacher trains once, with the first seed.
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
     data: DataParams
     train: TrainParams
     distill_kd: KDParams
     distill_cosine: CosineParams
     distill_regressor: RegressorParams
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> Params:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys exactly as dvc.yaml and MLflow name them (``distill_kd.T``)."""

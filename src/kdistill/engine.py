@@ -159,6 +159,32 @@ def _batch(labels: torch.Tensor, teacher: dict[str, torch.Tensor], index: torch.
     return Batch(labels[index], None if logits is None else logits[index], None if features is None else features[index])
 
 
+def _restore(state: dict, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+             shuffle: torch.Generator) -> list[EpochResult]:
+    model.load_state_dict(state["model"])
+    objective.load_state_dict(state["objective"])
+    optimizer.load_state_dict(state["optimizer"])
+    shuffle.set_state(state["shuffle_rng"])
+    torch.set_rng_state(state["torch_rng"])  # dropout masks continue exactly where they stopped
+    if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return [EpochResult(**result) for result in state["history"]]
+
+
+def _snapshot(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, shuffle: torch.Generator,
+              history: list[EpochResult]) -> dict:
+    return {
+        "epoch": len(history),
+        "model": model.state_dict(),
+        "objective": objective.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "shuffle_rng": shuffle.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "history": [vars(result) for result in history],
+    }
+
+
 def train(
     model: ConvClassifier,
     objective: Objective,
@@ -173,15 +199,21 @@ def train(
     seed: int,
     teacher: dict[str, torch.Tensor] | None = None,
     on_epoch: Callable[[EpochResult], None] = lambda result: None,
+    resume_from: dict | None = None,
+    on_checkpoint: Callable[[dict], None] = lambda state: None,
 ) -> list[EpochResult]:
-    """Adam on the model and the objective's own parameters (the hint regressor), one epoch at a time."""
+    """Adam on the model and the objective's own parameters (the hint regressor), one epoch at a time.
+
+    After each epoch ``on_checkpoint`` gets everything needed to continue bit-for-bit (weights,
+    optimizer, RNG states, history); ``resume_from`` takes such a state back.
+    """
     parameters = [*model.parameters(), *objective.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=lr)
     shuffle = torch.Generator().manual_seed(seed)
-    history: list[EpochResult] = []
+    history = _restore(resume_from, model, objective, optimizer, shuffle) if resume_from else []
     batches = -(-len(train_data) // batch_size)
     on_terminal = sys.stderr.isatty()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(len(history) + 1, epochs + 1):
         started = time.perf_counter()
         model.train()
         objective.train()
@@ -214,4 +246,5 @@ def train(
         else:
             print(line, flush=True)
         on_epoch(result)
+        on_checkpoint(_snapshot(model, objective, optimizer, shuffle, history))
     return history

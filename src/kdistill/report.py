@@ -1,16 +1,34 @@
-"""The report stage: every training stage's result side by side, against the CE student."""
+"""The report stage: which distillation method really helps, with honest statistics.
+
+Per method: mean test accuracy over seeds with its 95% confidence interval, and the paired
+difference against the CE student trained with the same seeds (same initial weights, same batch
+order), with its interval and whether it is distinguishable from zero.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import mlflow
-import pandas as pd
+import matplotlib
 
-from kdistill import tracking
-from kdistill.config import Params
-from kdistill.files import write_json, write_text
+matplotlib.use("Agg")  # files only; no display is needed (or present in CI)
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from kdistill import tracking  # noqa: E402
+from kdistill.checkpoints import load_checkpoint  # noqa: E402
+from kdistill.config import Params  # noqa: E402
+from kdistill.engine import Runtime, resolve_runtime  # noqa: E402
+from kdistill.files import atomic_path, write_json, write_text  # noqa: E402
 
 if TYPE_CHECKING:
     from kdistill.pipeline import Layout
@@ -23,56 +41,189 @@ METHODS = {
     "distill_regressor": "Student, CE + regressor",
 }
 BASELINE = "train_student_ce"
-# One run each, as printed in the tutorial's seed document (PyTorch tutorial, CIFAR-10, 10 epochs).
+STUDENT_METHODS = ("distill_kd", "distill_cosine", "distill_regressor")
+CONFIDENCE = 0.95
+LATENCY_BATCH = 128
+# One run each, as printed in the tutorial's seed document (CIFAR-10, 10 epochs).
 TUTORIAL_ACCURACY = {"train_teacher": 75.98, "train_student_ce": 70.65, "distill_kd": 70.49,
                      "distill_cosine": 70.12, "distill_regressor": 70.61}
 
 
-def results_table(layout: Layout) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float  # nan with fewer than two values: no interval can be estimated
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float], confidence: float = CONFIDENCE) -> Interval:
+        mean = statistics.fmean(values)
+        if len(values) < 2:
+            return cls(mean, math.nan, math.nan, len(values))
+        sem = stats.sem(values)
+        if sem == 0:
+            return cls(mean, mean, mean, len(values))
+        low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
+        return cls(mean, float(low), float(high), len(values))
+
+    def excludes_zero(self) -> bool | None:
+        return None if math.isnan(self.low) else (self.low > 0 or self.high < 0)
+
+    def text(self) -> str:
+        if math.isnan(self.low):
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def verdict(difference: Interval) -> str:
+    if difference.excludes_zero() is None:
+        return "cannot tell (1 seed)"
+    if not difference.excludes_zero():
+        return "no detectable difference"
+    return "helps" if difference.low > 0 else "hurts"
+
+
+def _load_metrics(layout: Layout, stage: str) -> dict:
+    path = layout.metrics(stage)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the {stage} stage first")
+    return json.loads(path.read_text())
+
+
+def _size_and_latency(layout: Layout, stage: str, runtime: Runtime) -> tuple[int, float, dict]:
+    """Bytes of one seed's weights, and median ms per batch of LATENCY_BATCH images."""
+    model, payload = load_checkpoint(layout.model(stage))
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    model = model.to(runtime.device, memory_format=torch.channels_last).eval()
+    images = torch.randn(LATENCY_BATCH, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
+    timings = []
+    with torch.inference_mode(), runtime.autocast():
+        for repeat in range(13):
+            started = time.perf_counter()
+            model(images).float().cpu()
+            if repeat >= 3:  # the first calls pay one-off kernel selection
+                timings.append((time.perf_counter() - started) * 1000)
+    return buffer.getbuffer().nbytes, statistics.median(timings), payload["params"]
+
+
+def results_table(layout: Layout, runtime: Runtime) -> pd.DataFrame:
+    metrics = {stage: _load_metrics(layout, stage) for stage in METHODS}
+    baseline = metrics[BASELINE]["per_seed"]
     rows = []
     for stage, method in METHODS.items():
-        path = layout.metrics(stage)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run the {stage} stage first")
-        metrics = json.loads(path.read_text())
-        rows.append({"stage": stage, "method": method, "parameters": metrics["parameters"],
-                     "test_accuracy": metrics["test_accuracy"], "epochs": metrics["epochs"],
-                     "wall_time_s": metrics["wall_time_s"], "mlflow_run_id": metrics["mlflow_run_id"],
-                     "tutorial_accuracy": TUTORIAL_ACCURACY[stage]})
-    table = pd.DataFrame(rows).set_index("stage")
-    table["vs_student_ce"] = table["test_accuracy"] - table.loc[BASELINE, "test_accuracy"]
-    table.loc["train_teacher", "vs_student_ce"] = float("nan")  # a different network: not a method
-    return table
+        m = metrics[stage]
+        accuracy = Interval.of(list(m["per_seed"].values()))
+        size, latency, stage_params = _size_and_latency(layout, stage, runtime)
+        row = {
+            "stage": stage, "method": method, "seeds": accuracy.n, "test_accuracy": accuracy.mean,
+            "ci_low": accuracy.low, "ci_high": accuracy.high, "accuracy_text": accuracy.text(),
+            "parameters": m["parameters"], "model_kib": size / 1024, "latency_ms": latency,
+            "wall_time_s": m["wall_time_s"], "tutorial_accuracy": TUTORIAL_ACCURACY[stage],
+            "per_seed": m["per_seed"], "mlflow_run_ids": m["mlflow_run_ids"], "params": stage_params,
+        }
+        if stage in STUDENT_METHODS:
+            paired = sorted(set(m["per_seed"]) & set(baseline))
+            difference = Interval.of([m["per_seed"][s] - baseline[s] for s in paired])
+            row.update(vs_student_ce=difference.mean, diff_low=difference.low, diff_high=difference.high,
+                       vs_student_ce_text=difference.text(), verdict=verdict(difference))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("stage")
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    shown = table.reset_index()[["method", "parameters", "test_accuracy", "vs_student_ce", "tutorial_accuracy",
-                                 "epochs", "wall_time_s"]]
-    shown = shown.rename(columns={
-        "parameters": "parameters", "test_accuracy": "test accuracy (%)", "vs_student_ce": "vs CE student (points)",
-        "tutorial_accuracy": "tutorial's run (%)", "wall_time_s": "wall time (s)"})
-    body = shown.to_markdown(index=False, floatfmt=".2f", intfmt=",", missingval="—")
+def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
+    shown = table.reset_index()[["method", "seeds", "accuracy_text", "vs_student_ce_text", "verdict", "parameters",
+                                 "model_kib", "latency_ms", "wall_time_s", "tutorial_accuracy"]]
+    shown.columns = ["method", "seeds", "test accuracy % (95% CI)", "vs CE student, paired (95% CI)", "verdict",
+                     "parameters", "size (KiB)", f"latency (ms / {LATENCY_BATCH} images)", "training (s)",
+                     "tutorial's run %"]
+    body = shown.to_markdown(index=False, floatfmt=".1f", intfmt=",", missingval="—")
+    seeds = int(table["seeds"].max())
+    caution = (
+        "With a single seed no interval can be estimated and no method can be called better: the "
+        "tutorial's own gaps between methods (under a point) are within run-to-run noise. Set "
+        "`seeds` in params.yaml to several values (e.g. five) to decide."
+        if seeds < 2 else
+        f"Intervals are Student-t {CONFIDENCE:.0%} intervals over {seeds} seeds; differences are paired by seed "
+        "(same initial weights and batch order as the CE student). A method *helps* only if its whole "
+        "interval lies above zero."
+    )
+    params = "\n".join(
+        f"- {METHODS[stage]}: " + ", ".join(f"`{k}={v}`" for k, v in row["params"].items()
+                                              if k.startswith(f"{stage}."))
+        for stage, row in table.iterrows() if stage in STUDENT_METHODS
+    )
+    shared = ", ".join(f"`{k}={v}`" for k, v in table.loc[BASELINE, "params"].items())
     return (
         "# Knowledge distillation: results\n\n"
-        f"{body}\n\n"
-        "One run per method (seed as in params.yaml). Differences of under about a point between student "
-        "methods are within run-to-run noise on CIFAR-10; the tutorial's column is its one published run.\n"
+        f"{body}\n\n{caution}\n\n"
+        f"Latency: median of 10 forward passes on {runtime.device} ({runtime.precision}). Size: one seed's weights "
+        "as saved by torch. The regressor of the hint method trains with the student and is not part of it.\n\n"
+        f"Shared params: {shared}\n\n{params}\n\n"
+        "![Accuracy per method](report/accuracy.png)\n\n![Per-epoch curves](report/curves.png)\n"
     )
 
 
+def plot_accuracy(table: pd.DataFrame, path) -> None:
+    students = table.loc[[BASELINE, *STUDENT_METHODS]]
+    errors = [(students["test_accuracy"] - students["ci_low"]).fillna(0),
+              (students["ci_high"] - students["test_accuracy"]).fillna(0)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(students["method"], students["test_accuracy"], yerr=errors, capsize=6, color="#4c72b0")
+    for stage, style in (("train_teacher", "--"), (BASELINE, ":")):
+        ax.axhline(table.loc[stage, "test_accuracy"], linestyle=style, color="black",
+                   label=f"{table.loc[stage, 'method']}: {table.loc[stage, 'test_accuracy']:.2f}%")
+    low = min(students["ci_low"].fillna(students["test_accuracy"]).min(), students["test_accuracy"].min())
+    ax.set_ylim(max(0, low - 3), min(100, table["test_accuracy"].max() + 2))
+    ax.set_ylabel(f"test accuracy (%), {CONFIDENCE:.0%} CI")
+    ax.set_title(f"Accuracy per method ({int(table['seeds'].max())} seed(s))")
+    ax.legend(loc="lower right", fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
+    _save(fig, path)
+
+
+def plot_curves(layout: Layout, path) -> None:
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage, method in METHODS.items():
+        history = pd.read_csv(layout.history(stage))
+        acc.plot(history["epoch"], history["test_accuracy"], marker="o", label=method)
+        loss.plot(history["epoch"], history["train_loss"], marker="o", label=method)
+    acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
+    loss.set(xlabel="epoch", ylabel="training loss (weighted total)", title="Training loss per epoch")
+    acc.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as partial:
+        fig.savefig(partial, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _json_ready(table: pd.DataFrame) -> list[dict]:
+    return json.loads(table.reset_index().to_json(orient="records"))  # NaN -> null
+
+
 def run_report(params: Params, layout: Layout) -> pd.DataFrame:
-    table = results_table(layout)
-    markdown = to_markdown(table)
-    records = json.loads(table.reset_index().to_json(orient="records"))
-    summary = {stage: {"test_accuracy": row["test_accuracy"]} for stage, row in table.iterrows()}
-    for stage in list(METHODS)[1:]:
-        summary[stage]["vs_student_ce"] = table.loc[stage, "vs_student_ce"]
-    md_path, json_path = layout.root / "metrics" / "report.md", layout.root / "metrics" / "report.json"
-    with tracking.stage_run("report", {}, layout.root):
+    runtime = resolve_runtime(params.train.device, params.train.precision)
+    table = results_table(layout, runtime)
+    out = layout.root / "metrics"
+    md_path, json_path = out / "report.md", out / "report.json"
+    pictures = [out / "report" / "accuracy.png", out / "report" / "curves.png"]
+    run_params = {"train.precision": params.train.precision, "train.device": params.train.device}
+    with tracking.stage_run("report", run_params, layout.root):
+        plot_accuracy(table, pictures[0])
+        plot_curves(layout, pictures[1])
+        markdown = to_markdown(table, runtime)
         write_text(md_path, markdown)
-        write_json(json_path, {"methods": summary, "rows": records})
+        summary = {stage: {"test_accuracy": row["test_accuracy"], "seeds": int(row["seeds"]),
+                           **({"vs_student_ce": row["vs_student_ce"]} if stage in STUDENT_METHODS else {})}
+                   for stage, row in table.iterrows()}
+        write_json(json_path, {"methods": summary, "rows": _json_ready(table)})
         tracking.log_metrics({f"test_accuracy.{stage}": row["test_accuracy"] for stage, row in table.iterrows()})
-        mlflow.log_artifact(str(md_path))
-        mlflow.log_artifact(str(json_path))
+        for artifact in (md_path, json_path, *pictures):
+            mlflow.log_artifact(str(artifact))
     print(markdown)
     return table

@@ -32,9 +32,22 @@ def project_root() -> Path:
     return here
 
 
+def store_root(root: Path) -> Path:
+    """Where the embedded store lives: the project root, also for queued DVC experiments.
+
+    `dvc exp run --queue` and `--temp` run each experiment in a copy under
+    <project>/.dvc/tmp/exps/; its runs belong in the project's store, not in a copy that DVC deletes.
+    """
+    parts = root.resolve().parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
 def tracking_uri(root: Path) -> str:
     """MLFLOW_TRACKING_URI when set, else the embedded SQLite store at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store_root(root) / 'mlflow.db').resolve()}"
 
 
 def git_commit(root: Path) -> str | None:
@@ -57,8 +70,10 @@ def _connect(uri: str, artifacts: Path | None) -> None:
         raise TrackingError(f"cannot use the MLflow tracking store at {uri}: {error}") from None
 
 
-def run_tags(stage: str, root: Path) -> dict[str, str]:
+def run_tags(stage: str, root: Path, seed: int | None) -> dict[str, str]:
     tags = {"stage": stage, "host": socket.gethostname()}
+    if seed is not None:
+        tags["seed"] = str(seed)
     if commit := git_commit(root):
         tags["mlflow.source.git.commit"] = commit
     if experiment := os.environ.get("DVC_EXP_NAME"):
@@ -66,15 +81,41 @@ def run_tags(stage: str, root: Path) -> dict[str, str]:
     return tags
 
 
-@contextmanager
-def stage_run(stage: str, params: dict[str, Any], root: Path) -> Iterator[Any]:
-    """An MLflow run for one stage execution; it ends FAILED if the stage raises."""
+def connect(root: Path) -> str:
     uri = tracking_uri(root)
     # The embedded store keeps artifacts beside mlflow.db, wherever the stage was started from.
-    _connect(uri, None if os.environ.get("MLFLOW_TRACKING_URI") else root / "mlruns")
-    with mlflow.start_run(run_name=stage, tags=run_tags(stage, root)) as run:
+    _connect(uri, None if os.environ.get("MLFLOW_TRACKING_URI") else store_root(root) / "mlruns")
+    return uri
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any], root: Path, *, seed: int | None = None,
+              run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run for one stage execution (one seed); it ends FAILED if the stage raises.
+
+    ``run_id`` continues an interrupted run, so a resumed training stays one coherent record.
+    """
+    connect(root)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage,
+                          tags=run_tags(stage, root, seed)) as run:
         mlflow.log_params(params)
         yield run
+
+
+def mark_failed(run_id: str) -> None:
+    """End a run that an interrupted process left RUNNING."""
+    client = mlflow.tracking.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status="FAILED")
+
+
+def log_dataset(images: np.ndarray, labels: np.ndarray, name: str, source: str, context: str) -> None:
+    dataset = mlflow.data.from_numpy(features=images, targets=labels, source=source, name=name)
+    mlflow.log_input(dataset, context=context)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
