@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -83,8 +84,19 @@ def run_tags(stage: str, root: Path, seed: int | None) -> dict[str, str]:
 
 def connect(root: Path) -> str:
     uri = tracking_uri(root)
-    # The embedded store keeps artifacts beside mlflow.db, wherever the stage was started from.
-    _connect(uri, None if os.environ.get("MLFLOW_TRACKING_URI") else store_root(root) / "mlruns")
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        _connect(uri, None)
+        return uri
+    # Parallel experiments share the embedded store: whoever comes first creates its schema while
+    # the others wait, avoiding MLflow's migration race on a fresh SQLite file (mlflow/mlflow#6490).
+    # Artifacts live beside mlflow.db, wherever the stage was started from.
+    store = store_root(root)
+    with open(store / ".mlflow.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _connect(uri, store / "mlruns")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return uri
 
 
