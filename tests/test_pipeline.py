@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +78,8 @@ def pipeline(tmp_path_factory, cifar_archive):
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     env.pop("MLFLOW_TRACKING_URI", None)
     sh("git", "init", "-q", cwd=project, env=env)
+    sh("git", "config", "user.name", "test", cwd=project, env=env)
+    sh("git", "config", "user.email", "test@example.com", cwd=project, env=env)
     sh("git", "add", "-A", cwd=project, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
     ran = repro(project, env)
@@ -199,3 +202,84 @@ def test_a_params_change_reruns_exactly_the_stages_that_read_it(pipeline, key, v
         set_param(project, key, value)
     assert repro(project, env) == expected
     assert repro(project, env) == set(), "a second repro with nothing changed must run nothing"
+
+
+def test_bad_params_fail_fast_and_restoring_them_brings_results_back_without_training(pipeline):
+    project, env, _ = pipeline
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    good_t = params["distill_kd"]["T"]
+    before = (project / "metrics" / "distill_kd.json").read_text()
+    set_param(project, "distill_kd.T", -1)
+    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "distill_kd.T: Input should be greater than 0 (got -1)" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    set_param(project, "distill_kd.T", good_t)
+    output = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    assert "Running stage" not in output, "restoring the value must not train again"
+    assert (project / "metrics" / "distill_kd.json").read_text() == before
+    assert (project / "models" / "distill_kd.pt").is_file()
+
+
+def commit_all(project: Path, env: dict[str, str], message: str) -> None:
+    sh("git", "add", "-A", cwd=project, env=env)
+    sh("git", "commit", "-qm", message, cwd=project, env=env)
+
+
+def test_params_and_metrics_diff_between_two_commits(pipeline):
+    project, env, _ = pipeline
+    commit_all(project, env, "baseline results")
+    set_param(project, "distill_kd.T", 4)
+    repro(project, env)
+    commit_all(project, env, "T=4")
+    set_param(project, "distill_kd.T", 8)
+    assert repro(project, env) == {"distill_kd", "report"}
+    commit_all(project, env, "T=8")
+    params_diff = json.loads(sh(str(BIN / "dvc"), "params", "diff", "HEAD~1", "HEAD", "--json", cwd=project, env=env))
+    changed = params_diff["params.yaml"]
+    assert list(changed) == ["distill_kd.T"] and (changed["distill_kd.T"]["old"], changed["distill_kd.T"]["new"]) == (4, 8)
+    metrics_diff = json.loads(sh(str(BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json",
+                                 cwd=project, env=env))
+    kd = metrics_diff["metrics/distill_kd.json"]
+    assert "test_accuracy" in kd and kd["test_accuracy"]["new"] == json.loads(
+        (project / "metrics" / "distill_kd.json").read_text())["test_accuracy"]
+    assert "metrics/train_teacher.json" not in metrics_diff or not any(
+        "diff" in v and v["diff"] for v in metrics_diff["metrics/train_teacher.json"].values())
+
+
+def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    project, env, _ = pipeline
+    if sh("git", "status", "--porcelain", cwd=project, env=env).strip():
+        commit_all(project, env, "before sweep")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("knowledge-distillation").experiment_id
+    runs_before = len(client.search_runs([experiment_id], max_results=1000))
+    # Temperatures never run before: DVC's run-cache would otherwise restore them without running.
+    sh(str(BIN / "dvc"), "exp", "run", "--queue", "-S", "distill_kd.T=1,3,5,6", cwd=project, env=env)
+    sh(str(BIN / "dvc"), "queue", "start", "-j", "2", cwd=project, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = sh(str(BIN / "dvc"), "queue", "status", cwd=project, env=env)
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(2)
+    assert status.count("Success") == 4, status
+    shown = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=project, env=env))
+    experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
+    assert len(experiments) == 4
+    temperatures = set()
+    for name, exp in experiments.items():
+        data = exp["revs"][0]["data"]
+        temperatures.add(data["params"]["params.yaml"]["data"]["distill_kd"]["T"])
+        assert "test_accuracy" in data["metrics"]["metrics/distill_kd.json"]["data"]
+        logs = sh(str(BIN / "dvc"), "queue", "logs", name, cwd=project, env=env)
+        assert "database is locked" not in logs
+    assert temperatures == {1, 3, 5, 6}
+    runs = client.search_runs([experiment_id], max_results=1000)
+    # each experiment: distill_kd (one run per seed) and report, all in the project's store
+    assert len(runs) - runs_before == 4 * (len(SEEDS) + 1)
+    tagged = {run.data.tags.get("dvc.experiment") for run in runs} - {None}
+    assert tagged == set(experiments)
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))

@@ -23,9 +23,11 @@ class TrackingError(RuntimeError):
 
 
 def project_root() -> Path:
-    """The directory holding dvc.yaml: DVC sets DVC_ROOT for its stages; otherwise search upwards."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+    """The nearest directory at or above the working directory that holds dvc.yaml.
+
+    Not DVC_ROOT: inside `dvc queue` workers it can name the workspace rather than the
+    experiment's own copy, and outputs must land in the copy that DVC collects.
+    """
     here = Path.cwd().resolve()
     for candidate in (here, *here.parents):
         if (candidate / "dvc.yaml").is_file():
