@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -283,3 +284,50 @@ def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(pipeline):
     tagged = {run.data.tags.get("dvc.experiment") for run in runs} - {None}
     assert tagged == set(experiments)
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, tmp_path):
+    import urllib.request
+
+    project, env, _ = pipeline
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+
+        def call(path: str, body: dict | None = None) -> dict:
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=data,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        experiment = call("experiments/get-by-name?experiment_name=knowledge-distillation")["experiment"]
+        runs = call("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
+        for stage in TRAINING_STAGES:
+            metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
+            served = {run["info"]["run_id"]: run for run in runs}
+            for seed, run_id in metrics["mlflow_run_ids"].items():
+                run = served[run_id]
+                params = {p["key"]: p["value"] for p in run["data"]["params"]}
+                values = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+                assert run["info"]["run_name"] == stage and params["seed"] == seed
+                assert set(params) == {*STAGE_PARAMS[stage], "seed"}
+                assert values["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

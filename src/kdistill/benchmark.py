@@ -192,9 +192,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"{torch.get_num_threads()} threads", flush=True)
     slow = baseline(dataset, params, args.batches, teacher)
     fast = project(dataset, params, args.batches, teacher, runtime)
-    table = pd.DataFrame({"baseline img/s": pd.Series(slow), "project img/s": pd.Series(fast)})
+    order = list(dict.fromkeys([*slow, *fast]))
+    table = pd.DataFrame({"baseline img/s": pd.Series(slow), "project img/s": pd.Series(fast)}).reindex(order)
     table["speed-up"] = table["project img/s"] / table["baseline img/s"]
-    table["target"] = pd.Series(TARGETS).map(lambda t: f">= {t}x")
+    table["target"] = pd.Series({k: f">= {v:g}x" for k, v in TARGETS.items()}).reindex(order).fillna("")
     table.index.name = "measurement"
     print(table.to_markdown(floatfmt=".1f", missingval=""))
     if args.output:
