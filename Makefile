@@ -5,11 +5,10 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := true
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup pipeline test benchmark ui
+.PHONY: setup postgres pipeline test benchmark ui
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -24,7 +23,13 @@ else
 	PATH=$(BIN):$$PATH dvc repro
 endif
 
-test: setup
+# The team test (tests/test_team.py) starts a real PostgreSQL server: Debian's postgresql package.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "installing PostgreSQL's server programs (Debian package postgresql)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: setup postgres
 	PATH=$(BIN):$$PATH pytest
 
 benchmark: setup

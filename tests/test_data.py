@@ -169,3 +169,35 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="refused to load builtins.print"):
         read_cifar10(path)
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_connection_dropped_mid_download_is_retried(cifar_archive, tmp_path):
+    import http.server
+    import threading
+
+    archive, digest = cifar_archive
+    payload = archive.read_bytes()
+    requests = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            # the first answer breaks off halfway, as a dropped connection does
+            self.wfile.write(payload if len(requests) > 1 else payload[: len(payload) // 2])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        destination = tmp_path / "raw" / archive.name
+        fetch(f"http://127.0.0.1:{server.server_address[1]}/{archive.name}", destination, digest, backoff=0.1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(requests) == 2 and md5(destination) == digest
+    assert [p.name for p in destination.parent.iterdir()] == [archive.name]

@@ -7,6 +7,7 @@ Training never decodes an image: the download stage writes every image once as u
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import pickle
 import re
@@ -63,16 +64,20 @@ def _local_source(url: str) -> Path | None:
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, urllib.error.HTTPError):
         return error.code >= 500 or error.code in (408, 429)
-    return isinstance(error, (urllib.error.URLError, TimeoutError, ConnectionError))
+    return isinstance(error, (urllib.error.URLError, TimeoutError, ConnectionError, http.client.IncompleteRead))
 
 
 def _download(url: str, destination: Path, timeout: float) -> None:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(destination, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {url}", disable=None) as bar:
             while block := response.read(1 << 20):
                 out.write(block)
+                received += len(block)
                 bar.update(len(block))
+    if total is not None and received < total:  # the connection dropped: worth another attempt
+        raise http.client.IncompleteRead(b"", total - received)
 
 
 def fetch(url: str, destination: Path, md5: str, *, attempts: int = 3, timeout: float = 10.0,

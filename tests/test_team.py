@@ -1,0 +1,181 @@
+"""A small team on one machine, with the real servers: a bare git remote, a directory DVC remote,
+one MLflow server on a real PostgreSQL database, and clones acting as separate machines."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_pipeline import BIN, SEEDS, copy_project, set_param, sh
+
+DVC = str(BIN / "dvc")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+    if not found[-1] or not Path(found[-1]).is_file():
+        pytest.fail("PostgreSQL server programs (initdb, pg_ctl) are missing: install Debian's postgresql "
+                    "package (.ci/run does)")
+    return Path(found[-1]).parent
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL cluster on loopback with a database and user for MLflow."""
+    bindir = postgres_bin()
+    base = tmp_path_factory.mktemp("pg")
+    data, port = base / "data", free_port()
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        os.chmod(base, 0o755)
+        for parent in base.parents:
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    run = lambda *args: subprocess.run([*as_owner, *args], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
+        "-o", f"-p {port} -k {base} -h 127.0.0.1", "start")
+    psql = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
+    subprocess.run([*psql, "CREATE USER mlflow WITH PASSWORD 'mlflow'"], check=True, capture_output=True)
+    subprocess.run([*psql, "CREATE DATABASE mlflow OWNER mlflow"], check=True, capture_output=True)
+    yield f"postgresql+psycopg://mlflow:mlflow@127.0.0.1:{port}/mlflow"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+
+
+class TrackingServer:
+    def __init__(self, backend: str, artifacts: Path, env: dict[str, str]) -> None:
+        self.backend, self.artifacts, self.env = backend, artifacts, env
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend, "--artifacts-destination",
+             str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                assert time.monotonic() < deadline and self.process.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+    def rest(self, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(f"{self.uri}/api/2.0/mlflow/{path}",
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+
+def ran_stages(output: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, postgres, cifar_archive):
+    archive, digest = cifar_archive
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    server = TrackingServer(postgres, tmp_path / "artifacts", env)
+    server.start()
+    machine_env = {**env, "MLFLOW_TRACKING_URI": server.uri}
+
+    # The team's repository: a bare git remote and a DVC remote that every machine pushes to.
+    origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
+    sh("git", "init", "-q", "--bare", str(origin), cwd=tmp_path, env=env)
+    seed = copy_project(tmp_path / "seed")
+    sh("git", "init", "-q", "-b", "main", cwd=seed, env=env)
+    set_param(seed, "data.url", str(archive))
+    set_param(seed, "data.md5", digest)
+    set_param(seed, "train.epochs", 1)
+    set_param(seed, "seeds", SEEDS[:1])
+    sh(DVC, "remote", "add", "-d", "storage", str(storage), cwd=seed, env=env)
+    sh("git", "add", "-A", cwd=seed, env=env)
+    sh("git", "commit", "-qm", "team project", cwd=seed, env=env)
+    sh("git", "push", "-q", str(origin), "main", cwd=seed, env=env)
+
+    def machine(name: str) -> Path:
+        path = tmp_path / name
+        sh("git", "clone", "-q", str(origin), str(path), cwd=tmp_path, env=env)
+        for key, value in (("user.name", name), ("user.email", f"{name}@example.com")):
+            sh("git", "config", key, value, cwd=path, env=env)
+        return path
+
+    # Machine A runs everything, then pushes data, models, run-cache and its experiment.
+    a = machine("machine-a")
+    assert "train_teacher" in ran_stages(sh(DVC, "exp", "run", "-n", "exp-a", cwd=a, env=machine_env))
+    sh(DVC, "push", "--run-cache", cwd=a, env=machine_env)
+    sh(DVC, "exp", "push", "origin", "exp-a", cwd=a, env=machine_env)
+
+    server.stop()  # the server goes down and comes back between the machines' runs
+    server.start()
+
+    # Machine B reuses the teacher through the run-cache and trains only what its change needs.
+    b = machine("machine-b")
+    sh(DVC, "pull", "--run-cache", cwd=b, env=machine_env)
+    output = sh(DVC, "exp", "run", "-n", "exp-b", "-S", "distill_kd.T=4", cwd=b, env=machine_env)
+    assert ran_stages(output) == {"distill_kd", "report"}, output
+    sh(DVC, "exp", "push", "origin", "exp-b", cwd=b, env=machine_env)
+
+    # A reviewer sees both machines' experiments and every run in the one server.
+    c = machine("reviewer")
+    for name in ("exp-a", "exp-b"):
+        sh(DVC, "exp", "pull", "origin", name, cwd=c, env=env)
+    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=c, env=env))
+    experiments = {exp["name"]: exp["revs"][0]["data"] for rev in shown for exp in (rev.get("experiments") or [])}
+    assert set(experiments) == {"exp-a", "exp-b"}
+    for name, t in (("exp-a", 2), ("exp-b", 4)):
+        assert experiments[name]["params"]["params.yaml"]["data"]["distill_kd"]["T"] == t
+        assert "test_accuracy" in experiments[name]["metrics"]["metrics/distill_kd.json"]["data"]
+
+    experiment = server.rest("experiments/get-by-name?experiment_name=knowledge-distillation")["experiment"]
+    runs = server.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
+    tags = [{t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs]
+    by_experiment: dict[str, list[dict]] = {}
+    for run, run_tags in zip(runs, tags):
+        by_experiment.setdefault(run_tags.get("dvc.experiment"), []).append(run)
+        assert run_tags["host"] == socket.gethostname()
+    assert set(by_experiment) == {"exp-a", "exp-b"}
+    assert sorted(r["info"]["run_name"] for r in by_experiment["exp-b"]) == ["distill_kd", "report"]
+    assert sum(r["info"]["run_name"] == "train_teacher" for r in runs) == 1, "the teacher trained twice"
+    kd_b = next(r for r in by_experiment["exp-b"] if r["info"]["run_name"] == "distill_kd")
+    assert {p["key"]: p["value"] for p in kd_b["data"]["params"]}["distill_kd.T"] == "4.0"
+    assert any(m["key"] == "test_accuracy" for m in kd_b["data"]["metrics"])
+
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(server.uri)
+    models = mlflow.search_logged_models(experiment_ids=[experiment["experiment_id"]], output_format="list",
+                                         filter_string=f"source_run_id = '{kd_b['info']['run_id']}'")
+    loaded = mlflow.pytorch.load_model(models[0].model_uri)  # artifacts come through the server
+    assert loaded(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    server.stop()
