@@ -110,7 +110,7 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
 
     # The team's repository: a bare git remote and a DVC remote that every machine pushes to.
     origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
-    sh("git", "init", "-q", "--bare", str(origin), cwd=tmp_path, env=env)
+    sh("git", "init", "-q", "--bare", "-b", "main", str(origin), cwd=tmp_path, env=env)
     seed = copy_project(tmp_path / "seed")
     sh("git", "init", "-q", "-b", "main", cwd=seed, env=env)
     set_param(seed, "data.url", str(archive))
@@ -132,8 +132,11 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
     # Machine A runs everything, then pushes data, models, run-cache and its experiment.
     a = machine("machine-a")
     assert "train_teacher" in ran_stages(sh(DVC, "exp", "run", "-n", "exp-a", cwd=a, env=machine_env))
-    sh(DVC, "push", "--run-cache", cwd=a, env=machine_env)
     sh(DVC, "exp", "push", "origin", "exp-a", cwd=a, env=machine_env)
+    sh("git", "add", "-A", cwd=a, env=env)  # the results become the team's baseline on main
+    sh("git", "commit", "-qm", "baseline results", cwd=a, env=env)
+    sh("git", "push", "-q", "origin", "main", cwd=a, env=env)
+    sh(DVC, "push", "--run-cache", cwd=a, env=machine_env)
 
     server.stop()  # the server goes down and comes back between the machines' runs
     server.start()
@@ -149,7 +152,7 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
     c = machine("reviewer")
     for name in ("exp-a", "exp-b"):
         sh(DVC, "exp", "pull", "origin", name, cwd=c, env=env)
-    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=c, env=env))
+    shown = json.loads(sh(DVC, "exp", "show", "--all-commits", "--json", cwd=c, env=env))
     experiments = {exp["name"]: exp["revs"][0]["data"] for rev in shown for exp in (rev.get("experiments") or [])}
     assert set(experiments) == {"exp-a", "exp-b"}
     for name, t in (("exp-a", 2), ("exp-b", 4)):
