@@ -1,6 +1,3 @@
-import os
-from pathlib import Path
-
 from kdistill.tracking import project_root, store_root, tracking_uri
 
 
