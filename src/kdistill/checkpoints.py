@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from kdistill.errors import DataError
 from kdistill.files import atomic_path
 from kdistill.models import ConvClassifier, build_model
 
@@ -27,14 +28,14 @@ def load_checkpoint(path: Path, seed: int | None = None,
     ``weights_only``: loading never runs code from the file.
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such model file; run the stage that writes it first")
+        raise DataError(f"{path}: no such model file; run the stage that writes it first")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling refused or file corrupt
-        raise ValueError(f"{path}: not a loadable checkpoint (refused or corrupt): {error}") from None
+        raise DataError(f"{path}: not a loadable checkpoint (refused or corrupt): {error}") from None
     seed = payload["seeds"][0] if seed is None else seed
     if seed not in payload["state_dicts"]:
-        raise ValueError(f"{path}: no weights for seed {seed}; it has seeds {payload['seeds']}")
+        raise DataError(f"{path}: no weights for seed {seed}; it has seeds {payload['seeds']}")
     model = build_model(**payload["model"]).to(device)
     model.load_state_dict(payload["state_dicts"][seed])
     return model, payload

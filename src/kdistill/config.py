@@ -1,30 +1,45 @@
-"""Typed configuration: params.yaml is validated once, as a whole, before any stage does work.
+"""Typed configuration: params.yaml is validated against a pydantic model before any work.
 
-Every key is declared here; an unknown key (a typo such as ``distill_kd.temp``) or a bad value is
-rejected with a message naming the key, the value and what is allowed.
+Every key is declared: an unknown key (a typo such as ``distill_kd.temp``), a missing key or a bad
+value is rejected with a message naming the key, the value and what is allowed. This module holds
+the sections every stage shares; each training stage adds its own section (``kdistill.methods``),
+and ``kdistill.registry`` assembles the model of the whole file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-
-class ConfigError(ValueError):
-    """params.yaml (or another user input) is invalid; the message says what and where."""
-
+from kdistill.errors import ConfigError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-Weight = Annotated[float, Field(ge=0)]
+# A loss term's weight; a section whose weights are all zero is rejected (it would train nothing).
+Weight = Annotated[float, Field(ge=0, json_schema_extra={"loss_weight": True})]
 Channel = Annotated[float, Field(ge=0, le=1)]
+Seed = Annotated[int, Field(ge=0)]
+
+# What every training stage reads besides its own section (and the seeds it trains with).
+TRAINING_KEYS = ("data.mean", "data.std", "train.epochs", "train.batch_size", "train.lr", "train.precision",
+                 "train.device")
+DOWNLOAD_KEYS = ("data.url", "data.md5", "data.format")
 
 
 class Section(BaseModel):
     # strict: "10" is not an epoch count and true is not a temperature; ints still pass as floats.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="after")
+    def _some_weight_positive(self) -> Section:
+        weights = {name: getattr(self, name) for name, field in type(self).model_fields.items()
+                   if (field.json_schema_extra or {}).get("loss_weight")}
+        if weights and not any(value > 0 for value in weights.values()):
+            raise ValueError(f"all loss weights are zero ({weights}); at least one must be > 0")
+        return self
 
 
 class DataParams(Section):
@@ -43,88 +58,97 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"]
 
 
-class WeightedLoss(Section):
-    """A distillation objective: a weighted sum of a teacher-matching term and cross-entropy."""
-
-    ce_loss_weight: Weight
-
-    @model_validator(mode="after")
-    def _some_weight_positive(self) -> WeightedLoss:
-        weights = {k: v for k, v in self.model_dump().items() if k.endswith("weight")}
-        if not any(value > 0 for value in weights.values()):
-            raise ValueError(f"all loss weights are zero ({weights}); at least one must be > 0")
-        return self
-
-
-class KDParams(WeightedLoss):
-    T: PositiveFloat
-    soft_target_loss_weight: Weight
-
-
-class CosineParams(WeightedLoss):
-    hidden_rep_loss_weight: Weight
-
-
-class RegressorParams(WeightedLoss):
-    feature_map_weight: Weight
-
-
-class Params(Section):
-    # One student per seed in every student stage; the teacher trains once, with the first seed.
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+class CoreParams(Section):
+    # One student per seed in every student stage (the teacher has its own seed key).
+    seeds: Annotated[list[Seed], Field(min_length=1)]
     data: DataParams
     train: TrainParams
-    distill_kd: KDParams
-    distill_cosine: CosineParams
-    distill_regressor: RegressorParams
 
     @model_validator(mode="after")
-    def _distinct_seeds(self) -> Params:
+    def _distinct_seeds(self) -> CoreParams:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         return self
 
+    def section(self, name: str) -> Section:
+        return getattr(self, name)
+
     def flat(self) -> dict[str, Any]:
         """Dotted keys exactly as dvc.yaml and MLflow name them (``distill_kd.T``)."""
-        return _flatten(self.model_dump())
+        return flatten(self.model_dump())
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def params_model(sections: Mapping[str, type[Section]]) -> type[CoreParams]:
+    """The model of a params.yaml holding the shared sections plus ``sections`` (name -> model)."""
+    fields: dict[str, Any] = {name: (model, ...) for name, model in sections.items()}
+    return create_model("Params", __base__=CoreParams, **fields)
+
+
+def section_keys(name: str, model: type[Section]) -> list[str]:
+    return [f"{name}.{field}" for field in model.model_fields]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value
     return flat
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "<top level>"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (value {error['input']!r}); check the spelling against params.yaml's documented keys"
     if error["type"] == "missing":
-        return f"{key}: required key is missing"
+        default = _default(model, error["loc"])
+        hint = f" (documented default: {default!r})" if default is not None else ""
+        return f"{key}: required key is missing{hint}"
     return f"{key}: {error['msg']} (got {error['input']!r})"
 
 
-def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+def _default(model: type[BaseModel], loc: tuple) -> Any:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    field = model.model_fields.get(str(loc[-1]))
+    return None if field is None or field.is_required() else field.default
+
+
+def parse_params(raw: Any, model: type[CoreParams], source: str = "params.yaml", *,
+                 only_known_sections: bool = False) -> CoreParams:
+    """Validate ``raw`` against ``model``.
+
+    ``only_known_sections``: drop top-level sections ``model`` does not declare (a stage reads the
+    shared sections and its own; the ``check_params`` stage validates the whole file).
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    if only_known_sections:
+        raw = {key: value for key, value in raw.items() if key in model.model_fields}
     try:
-        return Params.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        lines = "\n".join(f"  - {_describe(err)}" for err in exc.errors())
+        lines = "\n".join(f"  - {_describe(err, model)}" for err in exc.errors())
         raise ConfigError(f"{source} is invalid:\n{lines}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def read_params(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: str | Path, sections: Mapping[str, type[Section]] | None = None, *,
+                only_known_sections: bool = False) -> CoreParams:
+    return parse_params(read_params(path), params_model(sections or {}), str(path),
+                        only_known_sections=only_known_sections)

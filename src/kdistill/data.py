@@ -28,16 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kdistill.errors import DataError
 from kdistill.files import atomic_path
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 IMAGE_SIZE = 32
-
-
-class DataError(ValueError):
-    """The archive or its source is unusable; the message says why."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import matplotlib
 
@@ -25,28 +25,19 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from kdistill import tracking  # noqa: E402
+from kdistill.baselines import STUDENT_CE, TEACHER  # noqa: E402
 from kdistill.checkpoints import load_checkpoint  # noqa: E402
-from kdistill.config import Params  # noqa: E402
+from kdistill.config import load_params  # noqa: E402
 from kdistill.engine import Runtime, resolve_runtime  # noqa: E402
+from kdistill.entry import main  # noqa: E402
+from kdistill.errors import DataError  # noqa: E402
 from kdistill.files import atomic_path, write_json, write_text  # noqa: E402
+from kdistill.layout import Layout, project_root  # noqa: E402
+from kdistill.registry import METHODS, REPORT, REPORT_KEYS, TRAININGS  # noqa: E402
 
-if TYPE_CHECKING:
-    from kdistill.pipeline import Layout
-
-METHODS = {
-    "train_teacher": "Teacher (DeepNN, CE)",
-    "train_student_ce": "Student (LightNN, CE)",
-    "distill_kd": "Student, CE + KD",
-    "distill_cosine": "Student, CE + cosine",
-    "distill_regressor": "Student, CE + regressor",
-}
-BASELINE = "train_student_ce"
-STUDENT_METHODS = ("distill_kd", "distill_cosine", "distill_regressor")
+BASELINE = STUDENT_CE.name
 CONFIDENCE = 0.95
 LATENCY_BATCH = 128
-# One run each, as printed in the tutorial's seed document (CIFAR-10, 10 epochs).
-TUTORIAL_ACCURACY = {"train_teacher": 75.98, "train_student_ce": 70.65, "distill_kd": 70.49,
-                     "distill_cosine": 70.12, "distill_regressor": 70.61}
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ def verdict(difference: Interval) -> str:
 def _load_metrics(layout: Layout, stage: str) -> dict:
     path = layout.metrics(stage)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the {stage} stage first")
+        raise DataError(f"{path}: missing; run the {stage} stage first")
     return json.loads(path.read_text())
 
 
@@ -109,21 +100,21 @@ def _size_and_latency(layout: Layout, stage: str, runtime: Runtime) -> tuple[int
 
 
 def results_table(layout: Layout, runtime: Runtime) -> pd.DataFrame:
-    metrics = {stage: _load_metrics(layout, stage) for stage in METHODS}
+    metrics = {stage: _load_metrics(layout, stage) for stage in TRAININGS}
     baseline = metrics[BASELINE]["per_seed"]
     rows = []
-    for stage, method in METHODS.items():
+    for stage, training in TRAININGS.items():
         m = metrics[stage]
         accuracy = Interval.of(list(m["per_seed"].values()))
         size, latency, stage_params = _size_and_latency(layout, stage, runtime)
         row = {
-            "stage": stage, "method": method, "seeds": accuracy.n, "test_accuracy": accuracy.mean,
+            "stage": stage, "method": training.label, "seeds": accuracy.n, "test_accuracy": accuracy.mean,
             "ci_low": accuracy.low, "ci_high": accuracy.high, "accuracy_text": accuracy.text(),
             "parameters": m["parameters"], "model_kib": size / 1024, "latency_ms": latency,
-            "wall_time_s": m["wall_time_s"], "tutorial_accuracy": TUTORIAL_ACCURACY[stage],
+            "wall_time_s": m["wall_time_s"], "tutorial_accuracy": training.reference_accuracy,
             "per_seed": m["per_seed"], "mlflow_run_ids": m["mlflow_run_ids"], "params": stage_params,
         }
-        if stage in STUDENT_METHODS:
+        if stage in METHODS:
             paired = sorted(set(m["per_seed"]) & set(baseline))
             difference = Interval.of([m["per_seed"][s] - baseline[s] for s in paired])
             row.update(vs_student_ce=difference.mean, diff_low=difference.low, diff_high=difference.high,
@@ -152,11 +143,11 @@ def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
         "interval lies above zero."
     )
     params = "\n".join(
-        f"- {METHODS[stage]}: " + ", ".join(f"`{k}={v}`" for k, v in row["params"].items()
-                                              if k.startswith(f"{stage}."))
-        for stage, row in table.iterrows() if stage in STUDENT_METHODS
+        f"- {row['method']}: " + ", ".join(f"`{k}={v}`" for k, v in row["params"].items()
+                                            if k.startswith(f"{stage}."))
+        for stage, row in table.iterrows() if stage in METHODS
     )
-    shared = ", ".join(f"`{k}={v}`" for k, v in table.loc[BASELINE, "params"].items())
+    shared = ", ".join(f"`{k}={v}`" for k, v in table.loc[BASELINE, "params"].items() if k != "method")
     return (
         "# Knowledge distillation: results\n\n"
         f"{body}\n\n{caution}\n\n"
@@ -167,13 +158,13 @@ def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
     )
 
 
-def plot_accuracy(table: pd.DataFrame, path) -> None:
-    students = table.loc[[BASELINE, *STUDENT_METHODS]]
+def plot_accuracy(table: pd.DataFrame, path: Path) -> None:
+    students = table.loc[[BASELINE, *METHODS]]
     errors = [(students["test_accuracy"] - students["ci_low"]).fillna(0),
               (students["ci_high"] - students["test_accuracy"]).fillna(0)]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.bar(students["method"], students["test_accuracy"], yerr=errors, capsize=6, color="#4c72b0")
-    for stage, style in (("train_teacher", "--"), (BASELINE, ":")):
+    for stage, style in ((TEACHER.name, "--"), (BASELINE, ":")):
         ax.axhline(table.loc[stage, "test_accuracy"], linestyle=style, color="black",
                    label=f"{table.loc[stage, 'method']}: {table.loc[stage, 'test_accuracy']:.2f}%")
     low = min(students["ci_low"].fillna(students["test_accuracy"]).min(), students["test_accuracy"].min())
@@ -185,19 +176,19 @@ def plot_accuracy(table: pd.DataFrame, path) -> None:
     _save(fig, path)
 
 
-def plot_curves(layout: Layout, path) -> None:
+def plot_curves(layout: Layout, path: Path) -> None:
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for stage, method in METHODS.items():
+    for stage, training in TRAININGS.items():
         history = pd.read_csv(layout.history(stage))
-        acc.plot(history["epoch"], history["test_accuracy"], marker="o", label=method)
-        loss.plot(history["epoch"], history["train_loss"], marker="o", label=method)
+        acc.plot(history["epoch"], history["test_accuracy"], marker="o", label=training.label)
+        loss.plot(history["epoch"], history["train_loss"], marker="o", label=training.label)
     acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
     loss.set(xlabel="epoch", ylabel="training loss (weighted total)", title="Training loss per epoch")
     acc.legend(fontsize=8)
     _save(fig, path)
 
 
-def _save(fig, path) -> None:
+def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as partial:
         fig.savefig(partial, format="png", dpi=110)
@@ -208,20 +199,24 @@ def _json_ready(table: pd.DataFrame) -> list[dict]:
     return json.loads(table.reset_index().to_json(orient="records"))  # NaN -> null
 
 
-def run_report(params: Params, layout: Layout) -> pd.DataFrame:
+def report_stage() -> None:
+    main(REPORT, lambda: run_report(Layout(project_root())))
+
+
+def run_report(layout: Layout) -> pd.DataFrame:
+    params = load_params(layout.params, only_known_sections=True)
     runtime = resolve_runtime(params.train.device, params.train.precision)
     table = results_table(layout, runtime)
-    out = layout.root / "metrics"
-    md_path, json_path = out / "report.md", out / "report.json"
-    pictures = [out / "report" / "accuracy.png", out / "report" / "curves.png"]
-    run_params = {"train.precision": params.train.precision, "train.device": params.train.device}
-    with tracking.stage_run("report", run_params, layout.root):
+    md_path, json_path = layout.root / "metrics" / "report.md", layout.root / "metrics" / "report.json"
+    pictures = [layout.report_dir / "accuracy.png", layout.report_dir / "curves.png"]
+    flat = params.flat()
+    with tracking.stage_run(REPORT, {key: flat[key] for key in REPORT_KEYS}, layout.root):
         plot_accuracy(table, pictures[0])
         plot_curves(layout, pictures[1])
         markdown = to_markdown(table, runtime)
         write_text(md_path, markdown)
         summary = {stage: {"test_accuracy": row["test_accuracy"], "seeds": int(row["seeds"]),
-                           **({"vs_student_ce": row["vs_student_ce"]} if stage in STUDENT_METHODS else {})}
+                           **({"vs_student_ce": row["vs_student_ce"]} if stage in METHODS else {})}
                    for stage, row in table.iterrows()}
         write_json(json_path, {"methods": summary, "rows": _json_ready(table)})
         tracking.log_metrics({f"test_accuracy.{stage}": row["test_accuracy"] for stage, row in table.iterrows()})

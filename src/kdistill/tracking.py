@@ -14,27 +14,12 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.data.http_dataset_source import HTTPDatasetSource
 import torch
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+from kdistill.errors import TrackingError
 
 EXPERIMENT = "knowledge-distillation"
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used; the message names the URI."""
-
-
-def project_root() -> Path:
-    """The nearest directory at or above the working directory that holds dvc.yaml.
-
-    Not DVC_ROOT: inside `dvc queue` workers it can name the workspace rather than the
-    experiment's own copy, and outputs must land in the copy that DVC collects.
-    """
-    here = Path.cwd().resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
-            return candidate
-    return here
 
 
 def store_root(root: Path) -> Path:
@@ -107,15 +92,39 @@ def connect(root: Path) -> str:
 @contextmanager
 def stage_run(stage: str, params: dict[str, Any], root: Path, *, seed: int | None = None,
               run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run for one stage execution (one seed); it ends FAILED if the stage raises.
+    """An MLflow run for one stage execution (one seed); it ends FAILED if the stage fails.
 
-    ``run_id`` continues an interrupted run, so a resumed training stays one coherent record.
+    ``run_id`` continues an interrupted run, so a resumed training stays one coherent record. If
+    the store itself fails, the run is left as it is (nothing can reach it) and continued later.
     """
     connect(root)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage,
-                          tags=run_tags(stage, root, seed)) as run:
+    with _reporting("start a run in"):
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, tags=run_tags(stage, root, seed))
         mlflow.log_params(params)
+    try:
         yield run
+    except TrackingError:
+        raise
+    except BaseException:
+        try:
+            mlflow.end_run("FAILED")
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise
+    with _reporting("finish the run in"):
+        mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def _reporting(action: str) -> Iterator[None]:
+    """Any failure of the store becomes one TrackingError naming the URI."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as error:  # noqa: BLE001 - MLflow, requests and SQLAlchemy errors alike
+        raise TrackingError(f"cannot {action} the MLflow tracking store at {mlflow.get_tracking_uri()}: "
+                            f"{type(error).__name__}: {error}") from None
 
 
 def mark_failed(run_id: str) -> None:
@@ -137,18 +146,31 @@ def log_dataset(images: np.ndarray, labels: np.ndarray, name: str, source: str, 
         # A local path matches two equivalent registered source types; MLflow warns and picks one.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         dataset = mlflow.data.from_numpy(features=images, targets=labels, source=source, name=name)
-    mlflow.log_input(dataset, context=context)
+    with _reporting("log a dataset to"):
+        mlflow.log_input(dataset, context=context)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
+    with _reporting("log metrics to"):
+        mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    """The steps of ``key`` the run already holds: a resumed training logs only the others."""
+    with _reporting("read metrics from"):
+        return {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, key)}
+
+
+def has_model(run_id: str) -> bool:
+    with _reporting("search models in"):
+        return bool(mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list"))
 
 
 def log_model(model: Any, name: str) -> None:
     """Log the trained network with a signature and input example, so it loads back anywhere."""
     # Two images, not one: torch.export would otherwise specialize the batch dimension to 1.
     example = np.zeros((2, 3, 32, 32), dtype=np.float32)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _reporting("log the model to"):
         # torch.export's note about weight placement: the model is on the CPU, as it wants.
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
         mlflow.pytorch.log_model(

@@ -1,0 +1,71 @@
+"""The one source of truth: every stage of the pipeline, derived from the method modules.
+
+The distillation methods are the modules of ``kdistill.methods`` that define ``METHOD``; nothing
+lists them by hand. From them come the params model of the whole file, each stage's params keys,
+dvc.yaml (``kdistill dvc-yaml``), the report's rows and the benchmark's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from kdistill import methods
+from kdistill.baselines import STUDENT_CE, TEACHER
+from kdistill.config import DOWNLOAD_KEYS, CoreParams, load_params, params_model
+from kdistill.entry import main
+from kdistill.files import write_text
+from kdistill.layout import Layout, project_root
+from kdistill.methods import Method
+
+__discovers__ = "kdistill.methods"  # read by kdistill.codedeps: every method module is a dep of this one
+METHOD_PREFIX = "distill_"
+
+
+def discover() -> dict[str, Method]:
+    found: dict[str, Method] = {}
+    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{methods.__name__}.{info.name}")
+        method = getattr(module, "METHOD", None)
+        if not isinstance(method, Method):
+            raise TypeError(f"{module.__name__} defines no METHOD = Method(...)")
+        if not method.name.startswith(METHOD_PREFIX) or method.name in found:
+            raise ValueError(f"{module.__name__}: method name {method.name!r} must start with "
+                             f"{METHOD_PREFIX!r} and be unique")
+        found[method.name] = method
+    return found
+
+
+METHODS: dict[str, Method] = discover()
+TRAININGS: dict[str, Method] = {TEACHER.name: TEACHER, STUDENT_CE.name: STUDENT_CE, **METHODS}
+CHECK_PARAMS, DOWNLOAD, REPORT = "check_params", "download", "report"
+STAGES: list[str] = [CHECK_PARAMS, DOWNLOAD, *TRAININGS, REPORT]
+Params = params_model({t.name: t.params for t in TRAININGS.values() if t.params is not None})
+
+# The report's latency depends on where and how it runs the networks.
+REPORT_KEYS = ["train.precision", "train.device"]
+
+
+def stage_param_keys(stage: str) -> list[str]:
+    """The params.yaml keys ``stage`` reads (dvc.yaml lists exactly these)."""
+    if stage in TRAININGS:
+        return TRAININGS[stage].param_keys()
+    return {CHECK_PARAMS: [], DOWNLOAD: list(DOWNLOAD_KEYS), REPORT: REPORT_KEYS}[stage]
+
+
+def load_all_params(path: str | Path) -> CoreParams:
+    """params.yaml validated as a whole: every section, every key."""
+    return load_params(path, {t.name: t.params for t in TRAININGS.values() if t.params is not None})
+
+
+def check_params(layout: Layout) -> None:
+    """The ``check_params`` stage: runs on any change of params.yaml, before every other stage."""
+    load_all_params(layout.params)
+    # Constant content: a valid change reruns this stage but nothing downstream of it.
+    write_text(layout.params_checked, "params.yaml is valid\n")
+    print(f"check_params: {layout.params} is valid")
+
+
+def check_params_stage() -> None:
+    main(CHECK_PARAMS, lambda: check_params(Layout(project_root())))
