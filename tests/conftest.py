@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from fakedata import make_cifar10_archive
+from kdistill.entry import configure_process
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "true")
 ROOT = Path(__file__).resolve().parents[1]
+configure_process()  # the same process settings as every stage (kdistill.entry.main)
 
 
 @dataclass

@@ -1,90 +1,124 @@
+import numpy as np
 import pytest
 import torch
 
 from fakedata import class_images
-from kdistill.config import load_params
-from kdistill.engine import DeviceImages, TrainingError, evaluate, resolve_runtime, teacher_outputs, train
+from kdistill.baselines import STUDENT_CE
+from kdistill.engine import DeviceImages, cpu_has_bf16, evaluate, resolve_runtime, teacher_outputs, train
+from kdistill.errors import ConfigError, TrainingError
 from kdistill.models import DeepNN, LightNN
-from kdistill.objectives import build_objective
-from conftest import ROOT
+from kdistill.objectives import Objective, Shapes, cross_entropy
+from kdistill.registry import METHODS
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CPU32 = resolve_runtime("cpu", "fp32")
+SHAPES = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
 
 
 def split(n: int, seed: int) -> DeviceImages:
-    import numpy as np
-
     labels = np.arange(n) % 10
     images = torch.from_numpy(class_images(labels, np.random.default_rng(seed)))
     return DeviceImages(images, torch.from_numpy(labels), MEAN, STD, torch.device("cpu"))
 
 
+def objective(name: str) -> Objective:
+    method = METHODS[name]
+    return method.build_objective(method.params(), SHAPES)
+
+
+@pytest.mark.parametrize(("flags", "native"), [("fpu sse avx512f", False), ("fpu avx512f avx512_bf16 sse", True),
+                                               ("amx_tile amx_bf16", True), ("avx512_bf16x", False)])
+def test_bf16_is_native_only_with_the_kernels_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_has_bf16(cpuinfo) is native
+    assert cpu_has_bf16(tmp_path / "absent") is False
+
+
 def test_runtime_resolution():
     assert resolve_runtime("cpu", "fp32").autocast_dtype is None
     assert resolve_runtime("cpu", "bf16").autocast_dtype == torch.bfloat16
-    flags = open("/proc/cpuinfo").read()
-    native = " avx512_bf16" in flags or " amx_bf16" in flags
-    assert resolve_runtime("cpu", "auto").precision == ("bf16" if native else "fp32")
+    assert resolve_runtime("cpu", "auto").precision == ("bf16" if cpu_has_bf16() else "fp32")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="train.device is 'cuda'"):
+        with pytest.raises(ConfigError, match="train.device is 'cuda'"):
             resolve_runtime("cuda", "auto")
 
 
-def test_teacher_outputs_use_eval_mode_and_no_gradients():
+def test_teacher_outputs_are_eval_mode_fp32_and_equal_a_live_forward():
     torch.manual_seed(0)
     teacher = DeepNN()
     teacher.train()  # dropout would make two passes differ; teacher_outputs must switch it off
     data = split(40, 0)
-    first = teacher_outputs(teacher, data, CPU32)
-    second = teacher_outputs(teacher, data, CPU32)
-    assert not teacher.training
-    assert torch.equal(first["logits"], second["logits"])
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not first["logits"].requires_grad and tuple(first["features"].shape) == (40, 32, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(first["logits"], teacher(data.inputs(slice(0, 40))), atol=1e-5)
+    first = teacher_outputs(teacher, data)
+    second = teacher_outputs(teacher, data)
+    assert not teacher.training and torch.equal(first["logits"], second["logits"])
+    assert first["logits"].dtype == first["features"].dtype == torch.float32
+    assert tuple(first["features"].shape) == (40, *DeepNN.feature_shape)
+    with torch.no_grad():  # the tutorial's per-batch teacher: fp32, batches of 128 (here 7)
+        live = torch.cat([teacher(data.inputs(slice(i, i + 7))) for i in range(0, 40, 7)])
+    assert torch.allclose(first["logits"], live, rtol=1e-5, atol=1e-5)
 
 
 def test_training_learns_and_trains_the_regressor_too():
-    params = load_params(ROOT / "params.yaml")
     torch.manual_seed(0)
-    teacher_model = DeepNN()
     train_data, test_data = split(200, 1), split(100, 2)
-    teacher = teacher_outputs(teacher_model, train_data, CPU32)
+    teacher = teacher_outputs(DeepNN(), train_data)
     torch.manual_seed(0)
     student = LightNN()
-    objective = build_objective("distill_regressor", params)
-    regressor_before = objective.loss.regressor.weight.detach().clone()
+    hint = objective("distill_regressor")
+    regressor = hint.losses["feature_map"].regressor
+    regressor_before = regressor.weight.detach().clone()
     before = evaluate(student, test_data, CPU32)
     seen = []
-    history = train(student, objective, train_data, test_data, CPU32, stage="distill_regressor", epochs=3,
+    history = train(student, hint, train_data, test_data, CPU32, stage="distill_regressor", epochs=3,
                     batch_size=32, lr=0.003, seed=0, teacher=teacher, on_epoch=seen.append)
     assert [r.epoch for r in history] == [1, 2, 3] and seen == history
-    assert not torch.equal(objective.loss.regressor.weight, regressor_before), "the regressor did not train"
+    assert not torch.equal(regressor.weight, regressor_before), "the regressor did not train"
     assert set(history[0].terms) == {"feature_map", "ce"}
     assert history[-1].train_loss < history[0].train_loss
     assert history[-1].test_accuracy > max(before, 50.0)
 
 
-def test_same_seed_same_result():
-    params = load_params(ROOT / "params.yaml")
+def test_checkpoint_comes_before_the_epoch_is_reported():
+    events = []
+    train(LightNN(), Objective([cross_entropy()]), split(32, 1), split(10, 2), CPU32, stage="s", epochs=2,
+          batch_size=16, lr=0.001, seed=0, on_epoch=lambda r: events.append(("epoch", r.epoch)),
+          on_checkpoint=lambda state: events.append(("checkpoint", state["epoch"])))
+    assert events == [("checkpoint", 1), ("epoch", 1), ("checkpoint", 2), ("epoch", 2)]
 
+
+def test_warm_up_sees_training_progress():
+    seen: list[float] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, progress: float) -> torch.Tensor:
+            seen.append(progress)
+            return torch.zeros(())
+
+    from kdistill.objectives import Term
+
+    recorder = Objective([cross_entropy(), Term("progress", 0.0, Recorder(), ("progress",))])
+    train(LightNN(), recorder, split(40, 1), split(10, 2), CPU32, stage="s", epochs=2, batch_size=16, lr=0.001, seed=0)
+    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0, 4 / 3, 5 / 3, 2.0])
+
+
+def test_same_seed_same_result():
     def run() -> list[float]:
         torch.manual_seed(3)
-        model = LightNN()
-        history = train(model, build_objective("train_student_ce", params), split(64, 1), split(30, 2), CPU32,
-                        stage="train_student_ce", epochs=2, batch_size=16, lr=0.001, seed=3)
+        history = train(LightNN(), objective("distill_kd"), split(64, 1), split(30, 2), CPU32, stage="distill_kd",
+                        epochs=2, batch_size=16, lr=0.001, seed=3,
+                        teacher=teacher_outputs(DeepNN(), split(64, 1)))
         return [r.train_loss for r in history] + [r.test_accuracy for r in history]
 
     assert run() == run()
 
 
-def test_non_finite_loss_stops_naming_stage_epoch_and_batch():
-    params = load_params(ROOT / "params.yaml")
+def test_non_finite_loss_stops_naming_stage_epoch_and_first_bad_batch():
     torch.manual_seed(0)
     blown_up = split(64, 1)
     blown_up.scale = torch.full_like(blown_up.scale, float("inf"))  # inputs become inf/NaN -> NaN loss
+    checkpoints = []
     with pytest.raises(TrainingError, match=r"train_student_ce: loss became nan at epoch 1, batch 1/4"):
-        train(LightNN(), build_objective("train_student_ce", params), blown_up, split(10, 2), CPU32,
-              stage="train_student_ce", epochs=1, batch_size=16, lr=0.001, seed=0)
+        train(LightNN(), STUDENT_CE.build_objective(None, SHAPES), blown_up, split(10, 2), CPU32,
+              stage="train_student_ce", epochs=1, batch_size=16, lr=0.001, seed=0, on_checkpoint=checkpoints.append)
+    assert checkpoints == [], "nothing may be saved from a diverged epoch"

@@ -1,11 +1,12 @@
-"""Faults provoked for real: a stage killed mid-training, a tracking server that is down."""
+"""Faults provoked for real: a stage killed mid-training, code changed under a resume point, a
+tracking server that is down from the start or dies mid-training."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +18,19 @@ import yaml
 
 from conftest import ROOT
 from fakedata import make_cifar10_archive
+from helpers import BIN, free_port, wait_for_http
 from kdistill.data import prepare
 
 STAGE = "train_teacher"
 
 
 def make_project(path: Path, archive: Path, digest: str, epochs: int) -> Path:
-    """Just what a training stage needs: params.yaml, dvc.yaml and the prepared dataset."""
+    """What a training stage needs: its code, params.yaml, dvc.yaml and the prepared dataset."""
     path.mkdir()
-    (path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    for name in ("dvc.yaml", "src", "stages"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
+                                          if (ROOT / name).is_dir() else {}))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(url=str(archive), md5=digest)
     params["train"]["epochs"] = epochs
@@ -35,12 +40,12 @@ def make_project(path: Path, archive: Path, digest: str, epochs: int) -> Path:
 
 
 def stage_command(stage: str) -> list[str]:
-    return [sys.executable, str(ROOT / "stages" / f"{stage}.py")]
+    return [sys.executable, f"stages/{stage}.py"]
 
 
 def stage_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    return {**env, "PYTHONPATH": str(ROOT / "src"), **extra}
+    return {**env, "PYTHONPATH": "src", **extra}
 
 
 def resume_state(project: Path) -> dict | None:
@@ -53,16 +58,21 @@ def resume_state(project: Path) -> dict | None:
 def kill_when(project: Path, ready, timeout: float = 300) -> None:
     process = subprocess.Popen(stage_command(STAGE), cwd=project, env=stage_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(project, process, ready, timeout)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def wait_until(project: Path, process: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """Until the stage's resume file satisfies ``ready``; fails if the stage ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         saved = resume_state(project)
         if saved is not None and ready(saved):
-            process.send_signal(signal.SIGKILL)
-            process.wait()
             return
         time.sleep(0.02)
     process.kill()
-    pytest.fail("the stage ended before it could be killed at the wanted point")
+    pytest.fail("the stage ended before the wanted point")
 
 
 def runs(project: Path):
@@ -86,7 +96,7 @@ def test_killed_training_resumes_from_its_last_epoch_with_identical_results(tmp_
     subprocess.run(stage_command(STAGE), cwd=reference, env=stage_env(), check=True, capture_output=True)
 
     project = make_project(tmp_path / "killed", archive, digest, epochs=3)
-    kill_when(project, lambda saved: saved["state"] is not None and saved["state"]["epoch"] == 1)
+    kill_when(project, after_epoch(1))
     assert not (project / "models" / f"{STAGE}.pt").exists(), "a killed stage must not leave a model"
     client, before = runs(project)
     assert [r.info.status for r in before] == ["RUNNING"]
@@ -124,12 +134,76 @@ def test_a_run_killed_before_its_first_epoch_is_marked_failed(tmp_path, slow_arc
     assert sorted(r.info.status for r in after) == ["FAILED", "FINISHED"]
 
 
+def after_epoch(n: int):
+    return lambda saved: saved["state"] is not None and saved["state"]["epoch"] == n
+
+
+def test_a_resume_point_made_by_other_code_is_not_used(tmp_path, slow_archive):
+    archive, digest = slow_archive
+    project = make_project(tmp_path / "p", archive, digest, epochs=2)
+    kill_when(project, after_epoch(1))
+    engine = project / "src" / "kdistill" / "engine.py"
+    engine.write_text(engine.read_text() + "\n# an edit to the training code\n")
+    result = subprocess.run(stage_command(STAGE), cwd=project, env=stage_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "not resuming seed 42 from epoch 1: its code changed since; starting over" in result.stdout
+    assert "epoch 1/2" in result.stdout and "resuming" not in result.stdout.replace("not resuming", "")
+    _, after = runs(project)
+    assert sorted(r.info.status for r in after) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.server
+def test_a_tracking_server_dying_mid_training_loses_no_epoch(tmp_path, slow_archive):
+    archive, digest = slow_archive
+    project = make_project(tmp_path / "p", archive, digest, epochs=3)
+    port, store = free_port(), tmp_path / "server"
+    store.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+
+    def server() -> subprocess.Popen:
+        process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+             "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for_http(f"{uri}/health", process)
+        return process
+
+    first = server()
+    stage = subprocess.Popen(stage_command(STAGE), cwd=project, env=stage_env(MLFLOW_TRACKING_URI=uri),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(project, stage, after_epoch(1))
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    died = time.monotonic()
+    out, err = stage.communicate(timeout=120)
+    assert stage.returncode == 2 and uri in err and "Traceback" not in err, err
+    assert time.monotonic() - died < 60, "the stage must give up within a bounded time"
+    kept = resume_state(project)["state"]["epoch"]  # on disk before the server was told of it
+    assert kept >= 1
+
+    second = server()
+    try:
+        result = subprocess.run(stage_command(STAGE), cwd=project, env=stage_env(MLFLOW_TRACKING_URI=uri),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert f"resuming seed 42 after epoch {kept}" in result.stdout and "epoch 1/3" not in result.stdout
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("knowledge-distillation").experiment_id])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy") if m.step]
+        assert sorted(steps) == [1, 2, 3] and run.info.status == "FINISHED"
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait()
+
+
 def test_tracking_server_down_fails_fast_naming_the_uri(tmp_path, cifar_archive):
     archive, digest = cifar_archive
     project = make_project(tmp_path / "p", archive, digest, epochs=1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = subprocess.run(stage_command("train_student_ce"), cwd=project, env=stage_env(MLFLOW_TRACKING_URI=uri),
                             capture_output=True, text=True, timeout=120)

@@ -1,4 +1,5 @@
-"""Each loss against golden values worked out by hand and an independent numpy computation."""
+"""Each loss against golden values or an independent numpy computation of its paper's formula, and
+each method's weights against the terms they must multiply (a swap fails)."""
 
 import math
 
@@ -7,23 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.config import load_params
+from kdistill.methods.attention import AttentionTransferLoss
+from kdistill.methods.cosine import HiddenCosineLoss
+from kdistill.methods.dkd import NonTargetClassLoss, TargetClassLoss
+from kdistill.methods.kd import SoftTargetLoss
+from kdistill.methods.regressor import FeatureRegressorLoss
 from kdistill.models import DeepNN, LightNN
-from kdistill.objectives import (
-    Batch,
-    CrossEntropyObjective,
-    FeatureRegressorLoss,
-    HiddenCosineLoss,
-    SoftTargetLoss,
-    StudentOutput,
-    build_objective,
-)
-from conftest import ROOT
+from kdistill.objectives import Objective, Shapes, Term, cross_entropy
+from kdistill.registry import METHODS
+
+SHAPES = Shapes(student=LightNN.feature_shape, teacher=DeepNN.feature_shape)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
 
 
 def test_soft_target_loss_golden_values():
@@ -40,76 +43,127 @@ def test_soft_target_loss_matches_the_tutorials_formula():
     rng = np.random.default_rng(0)
     s, t, T = rng.normal(size=(16, 10)) * 3, rng.normal(size=(16, 10)) * 3, 4.0
     soft_targets = softmax(t / T)
-    log_q = np.log(softmax(s / T))
-    expected = np.sum(soft_targets * (np.log(soft_targets) - log_q)) / len(s) * T**2
-    actual = SoftTargetLoss(T)(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32))
-    assert actual.item() == pytest.approx(expected, rel=1e-5)
+    expected = np.sum(soft_targets * (np.log(soft_targets) - np.log(softmax(s / T)))) / len(s) * T**2
+    assert SoftTargetLoss(T)(tensor(s), tensor(t)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_hidden_cosine_loss_pools_the_teacher_and_matches_numpy():
     rng = np.random.default_rng(1)
     student, teacher = rng.normal(size=(4, 16, 8, 8)), rng.normal(size=(4, 32, 8, 8))
     s = student.reshape(4, -1)
-    t = teacher.reshape(4, -1).reshape(4, 1024, 2).mean(axis=2)  # avg_pool1d, kernel 2: 2048 -> 1024
+    t = teacher.reshape(4, 1024, 2).mean(axis=2)  # avg_pool1d, kernel 2: 2048 -> 1024
     cos = np.sum(s * t, axis=1) / (np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1))
-    actual = HiddenCosineLoss()(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32))
-    assert actual.item() == pytest.approx(float(np.mean(1 - cos)), rel=1e-5)
-    same = torch.tensor(rng.normal(size=(3, 16, 8, 8)), dtype=torch.float32)
-    assert HiddenCosineLoss()(same, same.repeat_interleave(2, dim=-1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert HiddenCosineLoss(1024)(tensor(student), tensor(teacher)).item() == pytest.approx(float(np.mean(1 - cos)), rel=1e-5)
+    same = tensor(rng.normal(size=(3, 16, 8, 8)))
+    assert HiddenCosineLoss(1024)(same, same.repeat_interleave(2, dim=-1)).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_feature_regressor_loss_is_mse_of_the_regressor_output():
     torch.manual_seed(0)
-    loss = FeatureRegressorLoss()
+    loss = FeatureRegressorLoss(16, 32)
     student, teacher = torch.randn(2, 16, 8, 8), torch.randn(2, 32, 8, 8)
     regressed = F.conv2d(student, loss.regressor.weight, loss.regressor.bias, padding=1).detach().numpy()
     assert loss(student, teacher).item() == pytest.approx(float(np.mean((regressed - teacher.numpy()) ** 2)), rel=1e-5)
-    assert tuple(loss.regressor.weight.shape) == (32, 16, 3, 3)
 
 
-def test_objectives_sum_their_named_terms_by_the_configured_weights():
-    params = load_params(ROOT / "params.yaml")
+def test_dkd_terms_match_the_papers_formulas_in_numpy():
+    """TCKD = KL(b_t || b_s) T² over [p_target, 1 - p_target]; NCKD = KL over the renormalized non-target
+    probabilities, T²; both averaged over the batch (Zhao et al. 2022, eq. 1-4)."""
+    rng = np.random.default_rng(2)
+    s, t, y, T = rng.normal(size=(8, 10)) * 3, rng.normal(size=(8, 10)) * 3, rng.integers(0, 10, 8), 4.0
+    ps, pt, rows = softmax(s / T), softmax(t / T), np.arange(8)
+    b_s = np.stack([ps[rows, y], 1 - ps[rows, y]], axis=1)
+    b_t = np.stack([pt[rows, y], 1 - pt[rows, y]], axis=1)
+    tckd = np.sum(b_t * np.log(b_t / b_s)) / 8 * T**2
+    others = np.ones_like(s, dtype=bool)
+    others[rows, y] = False
+    q_s = np.where(others, ps, 0) / np.where(others, ps, 0).sum(axis=1, keepdims=True)
+    q_t = np.where(others, pt, 0) / np.where(others, pt, 0).sum(axis=1, keepdims=True)
+    nckd = np.sum(np.where(others, q_t * np.log(np.where(others, q_t / np.where(others, q_s, 1), 1)), 0)) / 8 * T**2
+    labels = torch.tensor(y)
+    assert TargetClassLoss(T)(tensor(s), tensor(t), labels).item() == pytest.approx(tckd, rel=1e-5)
+    assert NonTargetClassLoss(T)(tensor(s), tensor(t), labels).item() == pytest.approx(nckd, rel=1e-5)
+    # A student that matches the teacher exactly pays nothing in either term.
+    assert TargetClassLoss(T)(tensor(t), tensor(t), labels).item() == pytest.approx(0.0, abs=1e-6)
+    assert NonTargetClassLoss(T)(tensor(t), tensor(t), labels).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_transfer_matches_the_papers_formula_in_numpy():
+    rng = np.random.default_rng(3)
+    student, teacher = rng.normal(size=(4, 16, 8, 8)), rng.normal(size=(4, 32, 8, 8)) * 5
+
+    def attention(f: np.ndarray) -> np.ndarray:
+        a = (f**2).mean(axis=1).reshape(len(f), -1)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    expected = np.mean((attention(student) - attention(teacher)) ** 2)
+    assert AttentionTransferLoss()(tensor(student), tensor(teacher)).item() == pytest.approx(expected, rel=1e-5)
+    # Invariant to each map's scale: only where the network attends matters.
+    assert AttentionTransferLoss()(tensor(teacher), tensor(teacher) * 3).item() == pytest.approx(0.0, abs=1e-7)
+
+
+# Which params key weights which term: written here independently of the method modules.
+WEIGHT_OF_TERM = {
+    "distill_kd": {"soft_target": "soft_target_loss_weight", "ce": "ce_loss_weight"},
+    "distill_cosine": {"hidden_rep": "hidden_rep_loss_weight", "ce": "ce_loss_weight"},
+    "distill_regressor": {"feature_map": "feature_map_weight", "ce": "ce_loss_weight"},
+    "distill_dkd": {"tckd": "alpha", "nckd": "beta", "ce": "ce_loss_weight"},
+    "distill_attention": {"attention": "beta", "ce": "ce_loss_weight"},
+}
+
+
+def batch_values(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"labels": torch.randint(0, 10, (8,), generator=g), "student_logits": torch.randn(8, 10, generator=g) * 3,
+            "student_features": torch.randn(8, 16, 8, 8, generator=g).abs(), "teacher_logits": torch.randn(8, 10, generator=g) * 3,
+            "teacher_features": torch.randn(8, 32, 8, 8, generator=g).abs(), "progress": 5.0}
+
+
+def test_every_method_is_covered_here():
+    assert set(WEIGHT_OF_TERM) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHT_OF_TERM))
+def test_each_weight_multiplies_its_own_term(name):
+    method = METHODS[name]
+    keys = WEIGHT_OF_TERM[name]
+    # Distinct weights (primes), so that any swap changes the total.
+    weights = dict(zip(keys.values(), (0.3, 0.7, 1.1)))
+    params = method.params(**{**method.params().model_dump(), **weights})
     torch.manual_seed(0)
-    logits, features = torch.randn(8, 10), torch.randn(8, 16, 8, 8)
-    batch = Batch(torch.randint(0, 10, (8,)), torch.randn(8, 10), torch.randn(8, 32, 8, 8))
-    expected_terms = {"distill_kd": {"soft_target", "ce"}, "distill_cosine": {"hidden_rep", "ce"},
-                      "distill_regressor": {"feature_map", "ce"}, "train_student_ce": {"ce"}}
-    for stage, names in expected_terms.items():
-        objective = build_objective(stage, params)
-        total, terms = objective(StudentOutput(logits, features), batch)
-        assert set(terms) == names
-        weighted = sum(objective.weights[name] * value for name, value in terms.items())
-        assert total.item() == pytest.approx(weighted.item())
-        assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, batch.labels).item())
-    kd = build_objective("distill_kd", params)
-    assert kd.weights == {"soft_target": 0.25, "ce": 0.75}
-    assert kd.loss.temperature == 2
+    objective = method.build_objective(params, SHAPES)
+    values = batch_values()
+    total, terms = objective(values)
+    assert set(terms) == set(keys)
+    expected = sum(weights[keys[term]] * value for term, value in terms.items())
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    values_by_term = sorted(terms.values(), key=lambda v: v.item())
+    assert len({round(v.item(), 6) for v in values_by_term}) == len(terms), "terms must differ for the check to bite"
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(values["student_logits"], values["labels"]).item())
 
 
-def test_cross_entropy_objective_needs_no_teacher():
-    assert CrossEntropyObjective().teacher_outputs == frozenset()
+def test_objectives_combine_terms_without_a_new_class():
+    kd = METHODS["distill_kd"].build_objective(METHODS["distill_kd"].params(), SHAPES)
+    hint = METHODS["distill_regressor"].build_objective(METHODS["distill_regressor"].params(), SHAPES)
+    combined = Objective([*kd.terms, *(t for t in hint.terms if t.name != "ce")])
+    assert combined.teacher_outputs == {"logits", "features"}
+    total, terms = combined(batch_values())
+    assert set(terms) == {"soft_target", "feature_map", "ce"}
+    assert len(list(combined.parameters())) == 2, "the regressor's weight and bias train with the student"
+    assert total.item() == pytest.approx(sum(combined.weights[n] * v.item() for n, v in terms.items()), rel=1e-6)
 
 
-def test_cached_teacher_outputs_give_the_same_losses_as_a_live_teacher():
-    from kdistill.engine import DeviceImages, resolve_runtime, teacher_outputs
+def test_warm_up_ramps_a_terms_weight_linearly():
+    term = Term("kd", 8.0, SoftTargetLoss(4.0), ("student_logits", "teacher_logits"), warmup_epochs=2.0)
+    assert [term.scale(p) for p in (0.0, 0.5, 1.0, 2.0, 7.0)] == [0.0, 2.0, 4.0, 8.0, 8.0]
+    objective = Objective([term, cross_entropy(1.0)])
+    values = batch_values()
+    early, terms = objective({**values, "progress": 0.5})
+    assert early.item() == pytest.approx(2.0 * terms["kd"].item() + terms["ce"].item(), rel=1e-6)
 
-    torch.manual_seed(0)
-    teacher, student = DeepNN(), LightNN()
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (64,))
-    data = DeviceImages(images, labels, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), torch.device("cpu"))
-    runtime = resolve_runtime("cpu", "fp32")
-    cached = teacher_outputs(teacher, data, runtime)
-    index = torch.tensor([5, 17, 3, 60])
-    params = load_params(ROOT / "params.yaml")
-    teacher.eval()
-    with torch.no_grad():
-        live_features = teacher.forward_features(data.inputs(index))
-        live = Batch(labels[index], teacher.forward_head(live_features), live_features)
-    from_cache = Batch(labels[index], cached["logits"][index], cached["features"][index])
-    features = student.forward_features(data.inputs(index))
-    out = StudentOutput(student.forward_head(features), features)
-    for stage in ("distill_kd", "distill_cosine", "distill_regressor"):
-        torch.manual_seed(1)
-        objective = build_objective(stage, params)
-        assert objective(out, from_cache)[0].item() == pytest.approx(objective(out, live)[0].item(), rel=1e-5, abs=1e-6)
+
+def test_unknown_inputs_and_duplicate_terms_are_refused():
+    with pytest.raises(ValueError, match="unknown inputs"):
+        Term("x", 1.0, SoftTargetLoss(1.0), ("student_logits", "teacher_probs"))
+    with pytest.raises(ValueError, match="distinct names"):
+        Objective([cross_entropy(), cross_entropy()])

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,11 +17,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from helpers import BIN, set_param, sh, wait_for_http, free_port
 from kdistill.checkpoints import load_checkpoint
-from kdistill.pipeline import STAGE_PARAMS, TRAINING_STAGES
+from kdistill.registry import METHODS, STAGES, TRAININGS, stage_param_keys
 
-ALL_STAGES = ["download", *TRAINING_STAGES, "report"]
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+TRAINING_STAGES = list(TRAININGS)
 SEEDS = [42, 7]
 
 
@@ -37,25 +37,21 @@ def copy_project(destination: Path) -> Path:
     return destination
 
 
-def sh(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def set_param(project: Path, key: str, value: object) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    *sections, leaf = key.split(".")
-    node = params
-    for section in sections:
-        node = node[section]
-    node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def repro(project: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc repro` ran, or restored from DVC's run-cache (they changed either way)."""
     output = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
-    return set(re.findall(r"Running stage '(\w+)'", output))
+    return {a or b for a, b in re.findall(r"Running stage '(\w+)'|Stage '(\w+)' is cached", output)}
+
+
+@pytest.fixture
+def restored(pipeline):
+    """The pipeline, put back as it was after the test (params and outputs), whatever the test changed:
+    tests that change params do not depend on each other or on their order."""
+    project, env, _ = pipeline
+    params = (project / "params.yaml").read_text()
+    yield pipeline
+    (project / "params.yaml").write_text(params)
+    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +85,16 @@ def pipeline(tmp_path_factory, cifar_archive):
     server.server_close()
 
 
-def test_first_run_runs_all_seven_stages(pipeline):
+def test_first_run_runs_every_stage(pipeline):
     _, _, ran = pipeline
-    assert ran == set(ALL_STAGES)
+    assert ran == set(STAGES)
 
 
 def test_every_output_is_there_and_self_describing(pipeline):
     project, _, _ = pipeline
     for stage in TRAINING_STAGES:
         metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
-        seeds = SEEDS[:1] if stage == "train_teacher" else SEEDS
+        seeds = [42] if stage == "train_teacher" else SEEDS
         expected = 1_186_986 if stage == "train_teacher" else 267_738
         for seed in seeds:
             model, payload = load_checkpoint(project / "models" / f"{stage}.pt", seed=seed)
@@ -118,8 +114,8 @@ def test_every_output_is_there_and_self_describing(pipeline):
     assert kd["mlflow_run_ids"].keys() == {"42", "7"} and kd["params"]["distill_kd.T"] == 2
     assert kd["model_kib"] > 0 and kd["latency_ms"] > 0
     markdown = (project / "metrics" / "report.md").read_text()
-    for text in ("Teacher", "CE + KD", "CE + cosine", "CE + regressor", "95% CI", "over 2 seeds"):
-        assert text in markdown
+    for text in (*(t.label for t in TRAININGS.values()), "95% CI", "over 2 seeds"):
+        assert f"{text} " in markdown
     for picture in ("accuracy.png", "curves.png"):
         assert (project / "metrics" / "report" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(project.rglob(".*.partial")) and not list((project / ".resume").glob("*"))
@@ -147,13 +143,15 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
         by_stage.setdefault(run.info.run_name, []).append(run)
     assert {stage: len(r) for stage, r in by_stage.items()} == {
         "train_teacher": 1, **{stage: 2 for stage in TRAINING_STAGES[1:]}, "report": 1}
+    assert by_stage["train_teacher"][0].data.tags["seed"] == "42"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     for stage in TRAINING_STAGES:
         metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
         for run in by_stage[stage]:
             seed = run.data.tags["seed"]
             assert run.data.params["seed"] == seed and metrics["mlflow_run_ids"][seed] == run.info.run_id
-            assert set(run.data.params) == {*STAGE_PARAMS[stage], "seed"}
+            assert set(run.data.params) == {*stage_param_keys(stage), "seed", "method"}
+            assert run.data.params["method"] == stage
             assert run.data.params["train.lr"] == "0.001"
             assert run.data.tags["mlflow.source.git.commit"] == commit
             assert run.data.metrics["parameters"] > 0
@@ -162,6 +160,7 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
             inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
             assert set(inputs) == {"train", "test"} and inputs["train"].digest
     assert float(by_stage["distill_kd"][0].data.params["distill_kd.T"]) == 2
+    assert float(by_stage["distill_dkd"][0].data.params["distill_dkd.beta"]) == 8
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     assert sorted(m.name for m in models) == sorted(["train_teacher", *[s for s in TRAINING_STAGES[1:]] * 2])
     artifacts = {a.path for a in client.list_artifacts(by_stage["report"][0].info.run_id)}
@@ -186,27 +185,44 @@ def test_logged_model_loads_back_and_predicts(pipeline):
     assert signature is not None and tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 32, 32)
 
 
+STUDENTS = set(TRAINING_STAGES) - {"train_teacher"}
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
         (None, None, set()),
-        ("distill_kd.T", 4, {"distill_kd", "report"}),
-        ("distill_kd.ce_loss_weight", 0.5, {"distill_kd", "report"}),
-        ("distill_cosine.hidden_rep_loss_weight", 0.5, {"distill_cosine", "report"}),
-        ("distill_regressor.feature_map_weight", 0.5, {"distill_regressor", "report"}),
-        ("train.lr", 0.002, {*TRAINING_STAGES, "report"}),
+        ("distill_kd.T", 4, {"check_params", "distill_kd", "report"}),
+        ("distill_dkd.beta", 4.0, {"check_params", "distill_dkd", "report"}),
+        ("distill_attention.beta", 500.0, {"check_params", "distill_attention", "report"}),
+        ("distill_regressor.feature_map_weight", 0.5, {"check_params", "distill_regressor", "report"}),
+        ("seeds", [42, 7, 3], {"check_params", *STUDENTS, "report"}),
     ],
 )
-def test_a_params_change_reruns_exactly_the_stages_that_read_it(pipeline, key, value, expected):
-    project, env, _ = pipeline
+def test_a_params_change_reruns_exactly_the_stages_that_read_it(restored, key, value, expected):
+    project, env, _ = restored
     if key:
         set_param(project, key, value)
     assert repro(project, env) == expected
     assert repro(project, env) == set(), "a second repro with nothing changed must run nothing"
 
 
-def test_bad_params_fail_fast_and_restoring_them_brings_results_back_without_training(pipeline):
-    project, env, _ = pipeline
+def test_a_misspelled_key_fails_dvc_repro_naming_it_though_no_stage_reads_it(restored):
+    project, env, _ = restored
+    good = (project / "params.yaml").read_text()
+    params = yaml.safe_load(good)
+    params["distill_kd"]["temp"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "distill_kd.temp: unknown key" in output and "Traceback" not in output
+    assert set(re.findall(r"Running stage '(\w+)'", output)) == {"check_params"}, "nothing may train first"
+    (project / "params.yaml").write_text(good)
+    assert repro(project, env) <= {"check_params"}
+
+
+def test_bad_params_fail_fast_and_restoring_them_brings_results_back_without_training(restored):
+    project, env, _ = restored
     params = yaml.safe_load((project / "params.yaml").read_text())
     good_t = params["distill_kd"]["T"]
     before = (project / "metrics" / "distill_kd.json").read_text()
@@ -214,10 +230,10 @@ def test_bad_params_fail_fast_and_restoring_them_brings_results_back_without_tra
     result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "distill_kd.T: Input should be greater than 0 (got -1)" in result.stdout + result.stderr
+    assert set(re.findall(r"Running stage '(\w+)'", result.stdout)) == {"check_params"}
     assert "Traceback" not in result.stdout + result.stderr
     set_param(project, "distill_kd.T", good_t)
-    output = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
-    assert "Running stage" not in output, "restoring the value must not train again"
+    assert repro(project, env) <= {"check_params"}, "restoring the value must not train again"
     assert (project / "metrics" / "distill_kd.json").read_text() == before
     assert (project / "models" / "distill_kd.pt").is_file()
 
@@ -227,18 +243,19 @@ def commit_all(project: Path, env: dict[str, str], message: str) -> None:
     sh("git", "commit", "-q", "--allow-empty", "-m", message, cwd=project, env=env)
 
 
-def test_params_and_metrics_diff_between_two_commits(pipeline):
-    project, env, _ = pipeline
+def test_params_and_metrics_diff_between_two_commits(restored):
+    project, env, _ = restored
+    # Temperatures no other test uses: each test's changes are its own.
     commit_all(project, env, "baseline results")
-    set_param(project, "distill_kd.T", 4)
-    repro(project, env)
-    commit_all(project, env, "T=4")
     set_param(project, "distill_kd.T", 8)
-    assert repro(project, env) == {"distill_kd", "report"}
+    repro(project, env)
     commit_all(project, env, "T=8")
+    set_param(project, "distill_kd.T", 16)
+    assert repro(project, env) == {"check_params", "distill_kd", "report"}
+    commit_all(project, env, "T=16")
     params_diff = json.loads(sh(str(BIN / "dvc"), "params", "diff", "HEAD~1", "HEAD", "--json", cwd=project, env=env))
     changed = params_diff["params.yaml"]
-    assert list(changed) == ["distill_kd.T"] and (changed["distill_kd.T"]["old"], changed["distill_kd.T"]["new"]) == (4, 8)
+    assert list(changed) == ["distill_kd.T"] and (changed["distill_kd.T"]["old"], changed["distill_kd.T"]["new"]) == (8, 16)
     metrics_diff = json.loads(sh(str(BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json",
                                  cwd=project, env=env))
     kd = metrics_diff["metrics/distill_kd.json"]
@@ -248,15 +265,15 @@ def test_params_and_metrics_diff_between_two_commits(pipeline):
         "diff" in v and v["diff"] for v in metrics_diff["metrics/train_teacher.json"].values())
 
 
-def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(pipeline):
+def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(restored):
     from mlflow.tracking import MlflowClient
 
-    project, env, _ = pipeline
+    project, env, _ = restored
     commit_all(project, env, "before sweep")
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name("knowledge-distillation").experiment_id
     runs_before = len(client.search_runs([experiment_id], max_results=1000))
-    # Temperatures never run before: DVC's run-cache would otherwise restore them without running.
+    # Temperatures no other test uses: DVC's run-cache would otherwise restore them without running.
     sh(str(BIN / "dvc"), "exp", "run", "--queue", "-S", "distill_kd.T=1,3,5,6", cwd=project, env=env)
     sh(str(BIN / "dvc"), "queue", "start", "-j", "2", cwd=project, env=env)
     deadline = time.monotonic() + 600
@@ -285,28 +302,19 @@ def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(pipeline):
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
+@pytest.mark.server
 def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, tmp_path):
     import urllib.request
 
     project, env, _ = pipeline
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_for_http(f"{base}/health", server)
 
         def call(path: str, body: dict | None = None) -> dict:
             data = json.dumps(body).encode() if body is not None else None
@@ -325,7 +333,7 @@ def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, 
                 params = {p["key"]: p["value"] for p in run["data"]["params"]}
                 values = {m["key"]: m["value"] for m in run["data"]["metrics"]}
                 assert run["info"]["run_name"] == stage and params["seed"] == seed
-                assert set(params) == {*STAGE_PARAMS[stage], "seed"}
+                assert set(params) == {*stage_param_keys(stage), "seed", "method"}
                 assert values["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
     finally:
         server.terminate()

@@ -99,25 +99,29 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "<top level>"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (value {error['input']!r}); check the spelling against params.yaml's documented keys"
     if error["type"] == "missing":
-        default = _default(model, error["loc"])
-        hint = f" (documented default: {default!r})" if default is not None else ""
-        return f"{key}: required key is missing{hint}"
+        return f"{key}: required key is missing"
     return f"{key}: {error['msg']} (got {error['input']!r})"
 
 
-def _default(model: type[BaseModel], loc: tuple) -> Any:
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
-        model = field.annotation if field else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-    field = model.model_fields.get(str(loc[-1]))
-    return None if field is None or field.is_required() else field.default
+def _missing_with_defaults(raw: Mapping[str, Any], model: type[BaseModel]) -> list[str]:
+    """Keys a section declares with a default but params.yaml lacks.
+
+    Defaults document a method's published setting; they never fill in silently, because DVC
+    tracks only the keys written in params.yaml.
+    """
+    missing = []
+    for name, field in model.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel) and isinstance(raw.get(name), Mapping):
+            missing += [f"{name}.{key}: required key is missing (documented default: {inner.default!r})"
+                        for key, inner in section.model_fields.items()
+                        if key not in raw[name] and not inner.is_required()]
+    return missing
 
 
 def parse_params(raw: Any, model: type[CoreParams], source: str = "params.yaml", *,
@@ -131,11 +135,15 @@ def parse_params(raw: Any, model: type[CoreParams], source: str = "params.yaml",
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     if only_known_sections:
         raw = {key: value for key, value in raw.items() if key in model.model_fields}
+    problems = _missing_with_defaults(raw, model)
     try:
-        return model.model_validate(raw)
+        params = model.model_validate(raw)
     except ValidationError as exc:
-        lines = "\n".join(f"  - {_describe(err, model)}" for err in exc.errors())
+        problems += [_describe(err) for err in exc.errors()]
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(f"{source} is invalid:\n{lines}") from None
+    return params
 
 
 def read_params(path: str | Path) -> Any:

@@ -1,0 +1,57 @@
+"""Helpers the test modules share: editing params, running commands, waiting for a server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+def with_value(raw: dict, key: str, value: Any) -> dict:
+    """``raw`` (a params mapping) with the dotted ``key`` set to ``value``, in place."""
+    *sections, leaf = key.split(".")
+    node = raw
+    for section in sections:
+        node = node[section]
+    node[leaf] = value
+    return raw
+
+
+def set_param(project: Path, key: str, value: Any) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(with_value(params, key, value), sort_keys=False))
+
+
+def sh(*args: str, cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``url`` answers 200; fails if ``process`` (the server) exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert process.poll() is None, f"the server behind {url} exited with {process.returncode}"
+        assert time.monotonic() < deadline, f"{url} did not answer within {timeout} s"
+        time.sleep(0.3)

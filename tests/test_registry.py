@@ -1,0 +1,127 @@
+"""The registry is the one source of truth: dvc.yaml, the stage scripts, each stage's params keys and
+code deps are derived from it, and the package's imports run downward."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from kdistill.codedeps import SRC, closure, digest
+from kdistill.dvcfile import generate
+from kdistill.layout import Layout
+from kdistill.registry import METHODS, STAGES, TRAININGS, Params, stage_param_keys
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_committed_dvc_yaml_and_stage_scripts_are_in_step_with_the_registry():
+    assert generate(Layout(ROOT), SRC, check=True) == [], "run `kdistill dvc-yaml` and commit the result"
+    assert list(DVC_YAML) == STAGES
+    assert sorted(p.stem for p in (ROOT / "stages").glob("*.py")) == sorted(STAGES)
+
+
+def test_each_stage_lists_exactly_the_keys_it_reads_and_every_key_is_read():
+    for stage in STAGES:
+        assert DVC_YAML[stage].get("params", []) == stage_param_keys(stage)
+    every_key = set(Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())).flat())
+    assert set().union(*map(stage_param_keys, STAGES)) == every_key, "a params key that no stage reads"
+    for name, method in METHODS.items():
+        own = {key for key in stage_param_keys(name) if key.startswith(f"{name}.")}
+        assert own == {f"{name}.{field}" for field in method.params.model_fields}
+        others = [stage for stage in STAGES if stage != name and own & set(stage_param_keys(stage))]
+        assert others == [], f"{name}'s keys must rerun only {name} (and the report through its outputs)"
+
+
+def test_adding_student_seeds_does_not_touch_the_teacher():
+    assert "seeds" not in stage_param_keys("train_teacher") and "train_teacher.seed" in stage_param_keys("train_teacher")
+    assert all("seeds" in stage_param_keys(s) for s in TRAININGS if s != "train_teacher")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_code_deps_cover_every_module_the_stage_loads(stage):
+    """Independent of the static closure: import the script as the stage would and list what loaded."""
+    declared = {dep for dep in DVC_YAML[stage]["deps"] if dep.endswith(".py")}
+    probe = ("import json, runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); "
+             "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
+             "if n.split('.')[0] == 'kdistill' and getattr(m, '__file__', None))))")
+    result = subprocess.run([sys.executable, "-c", probe, f"stages/{stage}.py"], cwd=ROOT, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(ROOT / "src")}, timeout=120, check=True)
+    loaded = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(result.stdout)}
+    assert loaded <= declared, f"{stage} loads modules dvc.yaml does not list: {sorted(loaded - declared)}"
+
+
+def test_a_method_stage_depends_on_its_own_method_module_only():
+    for name, method in METHODS.items():
+        modules = {dep for dep in DVC_YAML[name]["deps"] if "/methods/" in dep and not dep.endswith("__init__.py")}
+        assert modules == {f"src/{method.objective.__module__.replace('.', '/')}.py"}
+    report = {dep for dep in DVC_YAML["report"]["deps"] if "/methods/" in dep}
+    assert len(report) == len(METHODS) + 1, "the report's rows come from every method module"
+
+
+def test_the_closure_follows_lazy_imports_and_declared_discovery(tmp_path):
+    package = tmp_path / "src" / "kdistill"
+    (package / "plugins").mkdir(parents=True)
+    for name, text in {
+        "__init__.py": "",
+        "a.py": "def f():\n    from kdistill import b\n",
+        "b.py": "import os\n",
+        "finder.py": "__discovers__ = 'kdistill.plugins'\n",
+        "unused.py": "",
+        "plugins/__init__.py": "",
+        "plugins/one.py": "from kdistill.b import os\n",
+    }.items():
+        (package / name).write_text(text)
+    script = tmp_path / "stage.py"
+    script.write_text("import kdistill.a\nfrom kdistill import finder\n")
+    names = [p.relative_to(tmp_path).as_posix() for p in closure(script, tmp_path / "src")]
+    assert names == ["stage.py", "src/kdistill/__init__.py", "src/kdistill/a.py", "src/kdistill/b.py",
+                     "src/kdistill/finder.py", "src/kdistill/plugins/__init__.py", "src/kdistill/plugins/one.py"]
+    before = digest(closure(script, tmp_path / "src"))
+    (package / "b.py").write_text("import sys\n")
+    assert digest(closure(script, tmp_path / "src")) != before
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {p.relative_to(SRC).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
+               for p in SRC.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        graph[name] = {m for m in imported if m in modules and m != name and m != "kdistill"}
+    return graph
+
+
+def test_imports_run_downward_with_no_circle():
+    graph, state = _import_graph(), {}
+
+    def visit(module: str, path: list[str]) -> None:
+        assert state.get(module) != "open", "import circle: " + " -> ".join([*path, module])
+        if state.get(module) == "done":
+            return
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_the_loop_and_the_losses_know_nothing_of_tracking_params_or_dvc():
+    graph = _import_graph()
+    sources = {name: (SRC / (name.replace(".", "/") + ".py")).read_text() for name in ("kdistill.engine",)}
+    assert not {"kdistill.tracking", "kdistill.config", "kdistill.registry"} & graph["kdistill.engine"]
+    assert "mlflow" not in sources["kdistill.engine"] and "dvc" not in sources["kdistill.engine"]
+    assert not {"kdistill.config", "kdistill.registry", "kdistill.tracking"} & graph["kdistill.objectives"]
