@@ -4,8 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := true
 export MLFLOW_DISABLE_TELEMETRY := true
+# Stages run `python` from PATH: the project's environment, whether or not it is activated.
+export PATH := $(abspath $(BIN)):$(PATH)
+FAST := not e2e and not server and not slow
 
-.PHONY: setup postgres pipeline test benchmark ui
+.PHONY: setup pipeline test test-fast lint dvc-yaml benchmark ui
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,27 +17,34 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# Offline (no access to CIFAR-10's host)? Point at a local copy, e.g.
-#   make pipeline DATA=../shared/datasets/cifar10-jpeg-q75.tar.gz DATA_MD5=96b05c3512c3d946c09d8d2253e7f9b3 DATA_FORMAT=imagefolder
+# Offline (no access to CIFAR-10's host)? Point at a local copy of the archive, e.g.
+#   make pipeline DATA=/path/to/cifar10-jpeg-q75.tar.gz DATA_MD5=<its md5> DATA_FORMAT=imagefolder
 pipeline: setup
 ifdef DATA
-	PATH=$(BIN):$$PATH dvc exp run -S data.url=$(DATA) -S data.md5=$(DATA_MD5) -S data.format=$(or $(DATA_FORMAT),cifar10)
+	dvc exp run -S data.url=$(DATA) -S data.md5=$(DATA_MD5) -S data.format=$(or $(DATA_FORMAT),cifar10)
 else
-	PATH=$(BIN):$$PATH dvc repro
+	dvc repro
 endif
 
-# The team test (tests/test_team.py) starts a real PostgreSQL server: Debian's postgresql package.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
-	  echo "installing PostgreSQL's server programs (Debian package postgresql)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+lint: setup
+	ruff check src tests stages
+	kdistill dvc-yaml --check
 
-test: setup postgres
-	PATH=$(BIN):$$PATH pytest
+# Everything, in random order (pytest-randomly): unit tests, the real `dvc repro`, real servers.
+test: lint
+	pytest
+
+# The edit loop: no `dvc repro`, no servers, no stage processes.
+test-fast: setup
+	pytest -m "$(FAST)"
+
+dvc-yaml: setup
+	kdistill dvc-yaml
 
 benchmark: setup
-	PATH=$(BIN):$$PATH dvc repro download
-	PATH=$(BIN):$$PATH PYTHONPATH=src python -m kdistill.benchmark
+	dvc repro download
+	PYTHONPATH=src python -m kdistill.benchmark
 
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	@echo "MLflow UI, opened on the runs: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 configure_process()  # the same process settings as every stage (kdistill.entry.main)
 
 
+# Tiers: `make test-fast` deselects these (see pyproject.toml's markers).
+FIXTURE_MARKERS = {"file_server": "server", "pipeline": "e2e", "restored": "e2e", "toy_method_added": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 @dataclass
 class FileServer:
     """A loopback HTTP server over a directory, counting the requests it answers."""
@@ -38,7 +49,7 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
     server_state = FileServer(served)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             server_state.requests.append(self.path)
             super().do_GET()
 

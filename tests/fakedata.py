@@ -71,7 +71,7 @@ def make_imagefolder_archive(path: Path, train: int = 50, test: int = 20, seed: 
     members = []
     for split, n in (("train", train), ("test", test)):
         labels = _labels(n, rng)
-        for i, (label, image) in enumerate(zip(labels, class_images(labels, rng))):
+        for i, (label, image) in enumerate(zip(labels, class_images(labels, rng), strict=True)):
             members.append((f"cifar10/{split}/{CLASSES[label]}/{i:04d}.jpg", jpeg_bytes(image, size)))
     if path.suffix == ".zip":
         with zipfile.ZipFile(path, "w") as zf:

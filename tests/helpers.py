@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,18 @@ from typing import Any
 import yaml
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(destination: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if name == "dvc.lock" or name.startswith(("metrics/", "models/")) or not (ROOT / name).is_file():
+            continue  # start from nothing: the project's own results must not leak in
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, destination / name)
+    return destination
 
 
 def with_value(raw: dict, key: str, value: Any) -> dict:

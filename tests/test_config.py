@@ -9,7 +9,7 @@ from conftest import ROOT
 from helpers import with_value
 from kdistill.config import load_params, parse_params
 from kdistill.errors import ConfigError
-from kdistill.registry import METHODS, Params, TRAININGS, load_all_params
+from kdistill.registry import METHODS, TRAININGS, Params, load_all_params
 
 
 def defaults() -> dict:
@@ -109,6 +109,7 @@ def test_a_stage_reads_its_own_section_and_ignores_the_others(tmp_path):
         load_all_params(tmp_path / "params.yaml")
 
 
+@pytest.mark.slow
 def test_stage_with_bad_params_exits_2_with_one_line(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(defaults(), "distill_kd.T", "hot")))

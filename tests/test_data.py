@@ -171,6 +171,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, capsys):
     assert "pwned" not in capsys.readouterr().out
 
 
+@pytest.mark.server
 def test_a_connection_dropped_mid_download_is_retried(cifar_archive, tmp_path):
     import http.server
     import threading
@@ -180,7 +181,7 @@ def test_a_connection_dropped_mid_download_is_retried(cifar_archive, tmp_path):
     requests = []
 
     class Flaky(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             requests.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))

@@ -21,6 +21,8 @@ from fakedata import make_cifar10_archive
 from helpers import BIN, free_port, wait_for_http
 from kdistill.data import prepare
 
+pytestmark = pytest.mark.slow
+
 STAGE = "train_teacher"
 
 
@@ -177,7 +179,7 @@ def test_a_tracking_server_dying_mid_training_loses_no_epoch(tmp_path, slow_arch
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     died = time.monotonic()
-    out, err = stage.communicate(timeout=120)
+    _, err = stage.communicate(timeout=120)
     assert stage.returncode == 2 and uri in err and "Traceback" not in err, err
     assert time.monotonic() - died < 60, "the stage must give up within a bounded time"
     kept = resume_state(project)["state"]["epoch"]  # on disk before the server was told of it

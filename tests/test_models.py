@@ -22,7 +22,7 @@ def test_same_seed_same_student():
     first = LightNN()
     torch.manual_seed(42)
     second = LightNN()
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
 
 
 def test_checkpoint_rebuilds_the_network_from_its_file(tmp_path):

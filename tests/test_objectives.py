@@ -114,9 +114,12 @@ WEIGHT_OF_TERM = {
 
 def batch_values(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"labels": torch.randint(0, 10, (8,), generator=g), "student_logits": torch.randn(8, 10, generator=g) * 3,
-            "student_features": torch.randn(8, 16, 8, 8, generator=g).abs(), "teacher_logits": torch.randn(8, 10, generator=g) * 3,
-            "teacher_features": torch.randn(8, 32, 8, 8, generator=g).abs(), "progress": 5.0}
+    return {"labels": torch.randint(0, 10, (8,), generator=g),
+            "student_logits": torch.randn(8, 10, generator=g) * 3,
+            "student_features": torch.randn(8, 16, 8, 8, generator=g).abs(),
+            "teacher_logits": torch.randn(8, 10, generator=g) * 3,
+            "teacher_features": torch.randn(8, 32, 8, 8, generator=g).abs(),
+            "progress": 5.0}
 
 
 def test_every_method_is_covered_here():
@@ -128,7 +131,7 @@ def test_each_weight_multiplies_its_own_term(name):
     method = METHODS[name]
     keys = WEIGHT_OF_TERM[name]
     # Distinct weights (primes), so that any swap changes the total.
-    weights = dict(zip(keys.values(), (0.3, 0.7, 1.1)))
+    weights = dict(zip(keys.values(), (0.3, 0.7, 1.1)[:len(keys)], strict=True))
     params = method.params(**{**method.params().model_dump(), **weights})
     torch.manual_seed(0)
     objective = method.build_objective(params, SHAPES)

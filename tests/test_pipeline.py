@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -16,25 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
-from helpers import BIN, set_param, sh, wait_for_http, free_port
+from helpers import BIN, copy_project, free_port, set_param, sh, wait_for_http
 from kdistill.checkpoints import load_checkpoint
-from kdistill.registry import METHODS, STAGES, TRAININGS, stage_param_keys
+from kdistill.registry import STAGES, TRAININGS, stage_param_keys
 
 pytestmark = pytest.mark.e2e
 TRAINING_STAGES = list(TRAININGS)
 SEEDS = [42, 7]
-
-
-def copy_project(destination: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if name == "dvc.lock" or name.startswith(("metrics/", "models/")) or not (ROOT / name).is_file():
-            continue  # start from nothing: the project's own results must not leak in
-        (destination / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, destination / name)
-    return destination
 
 
 def repro(project: Path, env: dict[str, str]) -> set[str]:
@@ -57,8 +44,8 @@ def restored(pipeline):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, cifar_archive):
     """A project copy that has run `dvc repro` once, 1 epoch, on data fetched over loopback HTTP."""
-    import http.server
     import functools
+    import http.server
     import threading
 
     archive, digest = cifar_archive
@@ -338,3 +325,97 @@ def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+TOY_METHOD = '''"""KD whose temperature falls linearly from T_start to T_end over the first anneal_epochs (a toy)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from kdistill.config import PositiveFloat, Weight
+from kdistill.methods import Method, MethodParams
+from kdistill.methods.kd import SoftTargetLoss
+from kdistill.objectives import Objective, Shapes, Term, cross_entropy
+
+
+class AnnealedSoftTargetLoss(SoftTargetLoss):
+    def __init__(self, start: float, end: float, epochs: float) -> None:
+        super().__init__(start)
+        self.start, self.end, self.epochs = start, end, epochs
+
+    def forward(self, student_logits, teacher_logits, progress):
+        self.temperature = self.start + (self.end - self.start) * min(progress / self.epochs, 1.0)
+        return super().forward(student_logits, teacher_logits)
+
+
+class Params(MethodParams):
+    T_start: PositiveFloat = 8.0
+    T_end: PositiveFloat = 2.0
+    anneal_epochs: float = Field(default=1.0, gt=0)
+    soft_target_loss_weight: Weight = 0.25
+    ce_loss_weight: Weight = 0.75
+
+
+def objective(params: Params, shapes: Shapes) -> Objective:
+    loss = AnnealedSoftTargetLoss(params.T_start, params.T_end, params.anneal_epochs)
+    return Objective([Term("soft_target", params.soft_target_loss_weight, loss,
+                           ("student_logits", "teacher_logits", "progress")),
+                      cross_entropy(params.ce_loss_weight)])
+
+
+METHOD = Method(name="distill_annealed", label="Student, CE + annealed KD",
+                summary="LightNN with cross-entropy + KD at a temperature annealed from T_start to T_end",
+                params=Params, objective=objective)
+'''
+
+TOY_PARAMS = """
+distill_annealed:  # a toy: KD with an annealed temperature
+  T_start: 8.0
+  T_end: 2.0
+  anneal_epochs: 1.0
+  soft_target_loss_weight: 0.25
+  ce_loss_weight: 0.75
+"""
+
+
+@pytest.fixture
+def toy_method_added(pipeline):
+    """README's "Add a method" steps in the pipeline's project, undone afterwards."""
+    project, env, _ = pipeline
+    commit_all(project, env, "before the toy method")
+    before = {name: (project / name).read_text() for name in ("params.yaml", "dvc.yaml")}
+    yield project, env
+    (project / "src" / "kdistill" / "methods" / "annealed.py").unlink()
+    (project / "stages" / "distill_annealed.py").unlink()
+    for name, text in before.items():
+        (project / name).write_text(text)
+    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+
+
+def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_yaml(toy_method_added):
+    from mlflow.tracking import MlflowClient
+
+    project, env = toy_method_added
+    # 1. the method's module; 2. its params.yaml section; 3. `kdistill dvc-yaml` (run from this copy)
+    (project / "src" / "kdistill" / "methods" / "annealed.py").write_text(TOY_METHOD)
+    with open(project / "params.yaml", "a") as params:
+        params.write(TOY_PARAMS)
+    sh(sys.executable, "-m", "kdistill.cli", "dvc-yaml", cwd=project, env={**env, "PYTHONPATH": "src"})
+    status = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=project, env=env).splitlines()
+    assert sorted(line[3:] for line in status) == [
+        "dvc.yaml", "params.yaml", "src/kdistill/methods/annealed.py", "stages/distill_annealed.py"]
+    # 4. dvc repro runs the new stage (and the checks and report that read every method), nothing else
+    assert repro(project, env) == {"check_params", "distill_annealed", "report"}
+    metrics = json.loads((project / "metrics" / "distill_annealed.json").read_text())
+    assert list(metrics["per_seed"]) == [str(s) for s in SEEDS]
+    rows = {row["stage"]: row for row in json.loads((project / "metrics" / "report.json").read_text())["rows"]}
+    assert rows["distill_annealed"]["method"] == "Student, CE + annealed KD" and rows["distill_annealed"]["seeds"] == 2
+    assert "Student, CE + annealed KD " in (project / "metrics" / "report.md").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("knowledge-distillation").experiment_id
+    runs = client.search_runs([experiment], "attributes.run_name = 'distill_annealed'")
+    assert sorted(r.data.tags["seed"] for r in runs) == sorted(str(s) for s in SEEDS)
+    assert {r.data.params["distill_annealed.T_start"] for r in runs} == {"8.0"}
+    terms = [m.key for m in client.get_metric_history(runs[0].info.run_id, "train_loss.soft_target")]
+    assert terms, "the new method's loss terms are logged by name"

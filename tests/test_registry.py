@@ -44,6 +44,7 @@ def test_adding_student_seeds_does_not_touch_the_teacher():
     assert all("seeds" in stage_param_keys(s) for s in TRAININGS if s != "train_teacher")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 def test_code_deps_cover_every_module_the_stage_loads(stage):
     """Independent of the static closure: import the script as the stage would and list what loaded."""

@@ -1,12 +1,15 @@
-"""Side-by-side throughput: this project's training path against a tutorial-style baseline.
+"""Side-by-side throughput: this project's training path against the tutorial's way, in one process.
 
-    python -m kdistill.benchmark [--dataset data/dataset.pt] [--batches 20]
+    python -m kdistill.benchmark [--dataset data/dataset.pt] [--batches 20] [--output table.json]
 
-Both paths run in this one process, on the same prepared images, networks and batch size; the
-ratios are what to read (absolute numbers move with whatever else the machine is doing). The
-baseline is the tutorial's code path, re-implemented here: torchvision-style per-image PIL
-conversion + ToTensor + Normalize, a DataLoader with 2 workers, fp32 NCHW, and the teacher run
-forward on every distillation batch. Not part of the test suite: it measures, it asserts nothing.
+Both paths run the engine's own ``train_step`` (the code the stages run) on the same prepared
+images, networks, objectives and batch size, on the same device; only the way data reaches the
+step differs, as in the tutorial: there, per-image PIL conversion + ToTensor + Normalize, a
+DataLoader with 2 workers, fp32 NCHW, and the teacher run forward on every distillation batch;
+here, one uint8 tensor on the device normalized per batch, bf16 autocast where native,
+channels_last, and the teacher's outputs cached once. The ratios are what to read (absolute
+numbers move with whatever else the machine does). Every distillation method of the registry
+gets a row. Not part of the test suite: it measures, it asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdistill.config import Params, load_params
+from kdistill.config import load_params
 from kdistill.data import ImageDataset
-from kdistill.engine import DeviceImages, Runtime, evaluate, keep_freed_memory, resolve_runtime, teacher_outputs
+from kdistill.engine import DeviceImages, Runtime, evaluate, resolve_runtime, teacher_outputs, train_step
+from kdistill.entry import configure_process
 from kdistill.models import ConvClassifier, DeepNN, LightNN
-from kdistill.objectives import Batch, Objective, StudentOutput, build_objective
+from kdistill.objectives import TEACHER_PREFIX, Objective, Shapes, cross_entropy
+from kdistill.registry import METHODS
 
 BATCH_SIZE = 128
-METHODS = ("distill_kd", "distill_cosine", "distill_regressor")
+SHAPES = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
+TARGETS = {"teacher training": 2.5, **{f"{name} epoch": 10 for name in METHODS}}
 
 
 class PILImages(Dataset):
@@ -49,12 +55,19 @@ class PILImages(Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def _timed(step: Callable[[], int], batches: int, warmup: int = 2) -> float:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Callable[[], int], batches: int, device: torch.device, warmup: int = 2) -> float:
     """Images per second over ``batches`` calls of ``step`` (each returns its batch size)."""
     for _ in range(warmup):
         step()
+    _synchronize(device)
     started = time.perf_counter()
     images = sum(step() for _ in range(batches))
+    _synchronize(device)  # a GPU's queued work belongs to the measurement
     return images / (time.perf_counter() - started)
 
 
@@ -63,112 +76,100 @@ def _loader_batches(dataset: Dataset, shuffle: bool) -> Iterator[tuple[torch.Ten
         yield from DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=shuffle, num_workers=2)
 
 
-def _student_step(model: ConvClassifier, objective: Objective, optimizer: torch.optim.Optimizer,
-                  inputs: torch.Tensor, batch: Batch, runtime: Runtime) -> int:
-    with runtime.autocast():
-        features = model.forward_features(inputs)
-        total, _ = objective(StudentOutput(model.forward_head(features), features), batch)
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
-    return len(inputs)
-
-
-def _setup(stage: str, params: Params, architecture: type[ConvClassifier], channels_last: bool):
+def _student(architecture: type[ConvClassifier], objective: Objective, device: torch.device, channels_last: bool,
+             lr: float) -> tuple[ConvClassifier, Objective, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = architecture()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(stage, params)
-    optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=params.train.lr)
+    model = architecture().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    objective = objective.to(device)
+    optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=lr)
     return model.train(), objective.train(), optimizer
 
 
-def baseline(dataset: ImageDataset, params: Params, batches: int, teacher: DeepNN) -> dict[str, float]:
-    fp32 = Runtime(torch.device("cpu"), None)
-    train_set = PILImages(dataset.train_images, dataset.train_labels, params.data.mean, params.data.std)
-    test_set = PILImages(dataset.test_images, dataset.test_labels, params.data.mean, params.data.std)
+def tutorial_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: float, batches: int,
+                 teacher: DeepNN, device: torch.device) -> dict[str, float]:
+    fp32 = Runtime(device, None)
+    loader = _loader_batches(PILImages(dataset.train_images, dataset.train_labels, mean, std), shuffle=True)
     results = {}
-    loader = _loader_batches(train_set, shuffle=True)
-    model, objective, optimizer = _setup("train_teacher", params, DeepNN, channels_last=False)
+    model, objective, optimizer = _student(DeepNN, Objective([cross_entropy()]), device, False, lr)
 
     def teacher_step() -> int:
-        inputs, labels = next(loader)
-        return _student_step(model, objective, optimizer, inputs, Batch(labels), fp32)
+        inputs, labels = (t.to(device) for t in next(loader))
+        train_step(model, objective, optimizer, fp32, inputs, {"labels": labels})
+        return len(inputs)
 
-    results["teacher training"] = _timed(teacher_step, max(batches // 2, 3))
-    teacher.eval()
-    for stage in METHODS:
-        student, objective, optimizer = _setup(stage, params, LightNN, channels_last=False)
+    results["teacher training"] = _timed(teacher_step, max(batches // 2, 3), device)
+    teacher = teacher.to(device).eval()
+    for name, method in METHODS.items():
+        student, objective, optimizer = _student(LightNN, method.build_objective(method.params(), SHAPES), device,
+                                                 False, lr)
 
-        def distill_step() -> int:
-            inputs, labels = next(loader)
+        def distill_step(student=student, objective=objective, optimizer=optimizer) -> int:
+            inputs, labels = (t.to(device) for t in next(loader))
             with torch.no_grad():  # the tutorial's teacher forward on every batch
-                feature_map = teacher.forward_features(inputs)
-                logits = teacher.forward_head(feature_map)
-            return _student_step(student, objective, optimizer, inputs, Batch(labels, logits, feature_map), fp32)
+                features = teacher.forward_features(inputs)
+                logits = teacher.forward_head(features)
+            values = {"labels": labels, "teacher_logits": logits, "teacher_features": features, "progress": 5.0}
+            train_step(student, objective, optimizer, fp32, inputs, values)
+            return len(inputs)
 
-        results[f"{stage} epoch"] = _timed(distill_step, batches)
-    test_loader = _loader_batches(test_set, shuffle=False)
+        results[f"{name} epoch"] = _timed(distill_step, batches, device)
+    test_loader = _loader_batches(PILImages(dataset.test_images, dataset.test_labels, mean, std), shuffle=False)
     model.eval()
 
     @torch.no_grad()
     def eval_step() -> int:
-        inputs, labels = next(test_loader)
+        inputs, labels = (t.to(device) for t in next(test_loader))
         (model(inputs).argmax(1) == labels).sum().item()
         return len(inputs)
 
-    results["evaluation"] = _timed(eval_step, batches)
+    results["evaluation"] = _timed(eval_step, batches, device)
     return results
 
 
-def project(dataset: ImageDataset, params: Params, batches: int, teacher: DeepNN, runtime: Runtime) -> dict[str, float]:
-    keep_freed_memory()
-    train_data = DeviceImages(dataset.train_images, dataset.train_labels, params.data.mean, params.data.std,
-                              runtime.device)
-    test_data = DeviceImages(dataset.test_images, dataset.test_labels, params.data.mean, params.data.std,
-                             runtime.device)
+def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: float, batches: int,
+                teacher: DeepNN, runtime: Runtime) -> dict[str, float]:
+    device = runtime.device
+    train_data = DeviceImages(dataset.train_images, dataset.train_labels, mean, std, device)
+    test_data = DeviceImages(dataset.test_images, dataset.test_labels, mean, std, device)
     generator = torch.Generator().manual_seed(0)
     results = {}
 
-    def next_index() -> torch.Tensor:
-        return torch.randint(0, len(train_data), (BATCH_SIZE,), generator=generator).to(runtime.device)
+    def batch_index(size: int) -> torch.Tensor:
+        return torch.randint(0, size, (BATCH_SIZE,), generator=generator).to(device)
 
-    model, objective, optimizer = _setup("train_teacher", params, DeepNN, channels_last=True)
-    model.to(runtime.device)
+    model, objective, optimizer = _student(DeepNN, Objective([cross_entropy()]), device, True, lr)
 
     def teacher_step() -> int:
-        index = next_index()
-        return _student_step(model, objective, optimizer, train_data.inputs(index), Batch(train_data.labels[index]),
-                             runtime)
+        index = batch_index(len(train_data))
+        train_step(model, objective, optimizer, runtime, train_data.inputs(index), {"labels": train_data.labels[index]})
+        return BATCH_SIZE
 
-    results["teacher training"] = _timed(teacher_step, max(batches // 2, 3))
+    results["teacher training"] = _timed(teacher_step, max(batches // 2, 3), device)
     # The cache the train_teacher stage writes once; its cost is reported, not hidden.
     subset = DeviceImages(dataset.train_images[: BATCH_SIZE * batches], dataset.train_labels[: BATCH_SIZE * batches],
-                          params.data.mean, params.data.std, runtime.device)
-    teacher = teacher.to(runtime.device, memory_format=torch.channels_last)
+                          mean, std, device)
+    teacher = teacher.to(device, memory_format=torch.channels_last)
+    _synchronize(device)
     started = time.perf_counter()
-    cached = teacher_outputs(teacher, subset, runtime)
+    cached = {f"{TEACHER_PREFIX}{k}": v.to(device) for k, v in teacher_outputs(teacher, subset).items()}
+    _synchronize(device)
     results["teacher outputs cache (once per teacher)"] = len(subset) / (time.perf_counter() - started)
-    cached = {name: value.to(runtime.device) for name, value in cached.items()}
-    for stage in METHODS:
-        student, objective, optimizer = _setup(stage, params, LightNN, channels_last=True)
-        student.to(runtime.device)
-        objective.to(runtime.device)
+    for name, method in METHODS.items():
+        student, objective, optimizer = _student(LightNN, method.build_objective(method.params(), SHAPES), device,
+                                                 True, lr)
 
-        def distill_step() -> int:
-            index = torch.randint(0, len(subset), (BATCH_SIZE,), generator=generator).to(runtime.device)
-            batch = Batch(subset.labels[index], cached["logits"][index], cached["features"][index])
-            return _student_step(student, objective, optimizer, subset.inputs(index), batch, runtime)
+        def distill_step(student=student, objective=objective, optimizer=optimizer) -> int:
+            index = batch_index(len(subset))
+            values = {"labels": subset.labels[index], "progress": 5.0, **{k: v[index] for k, v in cached.items()}}
+            train_step(student, objective, optimizer, runtime, subset.inputs(index), values)
+            return BATCH_SIZE
 
-        results[f"{stage} epoch"] = _timed(distill_step, batches)
+        results[f"{name} epoch"] = _timed(distill_step, batches, device)
+    _synchronize(device)
     started = time.perf_counter()
     evaluate(model, test_data, runtime)
     results["evaluation"] = len(test_data) / (time.perf_counter() - started)
     return results
-
-
-TARGETS = {"teacher training": 2.5, "distill_kd epoch": 10, "distill_cosine epoch": 10, "distill_regressor epoch": 10}
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -181,19 +182,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if args.batches < 3:
         parser.error(f"--batches must be >= 3, got {args.batches}")
-    params = load_params(args.params)
+    configure_process()
+    params = load_params(args.params, only_known_sections=True)
     dataset = ImageDataset.load(args.dataset)
     runtime = resolve_runtime(params.train.device, params.train.precision)
+    mean, std, lr = params.data.mean, params.data.std, params.train.lr
     torch.manual_seed(0)
     teacher = DeepNN().eval()
-    print(f"benchmark: {args.batches} batches of {BATCH_SIZE} per measurement; project path on {runtime.device}, "
-          f"{runtime.precision}; baseline on cpu, fp32, DataLoader(num_workers=2); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
-    slow = baseline(dataset, params, args.batches, teacher)
-    fast = project(dataset, params, args.batches, teacher, runtime)
+    name = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu"
+    print(f"benchmark: {args.batches} batches of {BATCH_SIZE} per measurement on {runtime.device} ({name}); "
+          f"tutorial's way fp32 NCHW, DataLoader(num_workers=2); project's way {runtime.precision}, channels_last; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    slow = tutorial_way(dataset, mean, std, lr, args.batches, teacher, runtime.device)
+    fast = project_way(dataset, mean, std, lr, args.batches, teacher, runtime)
     order = list(dict.fromkeys([*slow, *fast]))
-    table = pd.DataFrame({"baseline img/s": pd.Series(slow), "project img/s": pd.Series(fast)}).reindex(order)
-    table["speed-up"] = table["project img/s"] / table["baseline img/s"]
+    table = pd.DataFrame({"tutorial's way img/s": pd.Series(slow), "project img/s": pd.Series(fast)}).reindex(order)
+    table["speed-up"] = table["project img/s"] / table["tutorial's way img/s"]
     table["target"] = pd.Series({k: f">= {v:g}x" for k, v in TARGETS.items()}).reindex(order).fillna("")
     table.index.name = "measurement"
     print(table.to_markdown(floatfmt=".1f", missingval=""))

@@ -135,6 +135,21 @@ class EpochResult:
                 **{f"train_loss.{name}": value for name, value in self.terms.items()}}
 
 
+def train_step(model: ConvClassifier, objective: Objective, optimizer: torch.optim.Optimizer, runtime: Runtime,
+               inputs: torch.Tensor, values: dict[str, torch.Tensor | float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on one batch; ``values`` holds what the objective reads besides the student's outputs.
+
+    Returns the weighted total (detached) and the named terms, all still on the device.
+    """
+    with runtime.autocast():
+        features = model.forward_features(inputs)
+        total, terms = objective({**values, "student_features": features, "student_logits": model.forward_head(features)})
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return total.detach(), terms
+
+
 def _restore(state: dict, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
              shuffle: torch.Generator) -> list[EpochResult]:
     model.load_state_dict(state["model"])
@@ -202,16 +217,10 @@ def train(
                    disable=not on_terminal)
         for step in bar:
             index = order[step * batch_size:(step + 1) * batch_size]
-            with runtime.autocast():
-                features = model.forward_features(train_data.inputs(index))
-                values = {"labels": train_data.labels[index], "student_features": features,
-                          "student_logits": model.forward_head(features), "progress": epoch - 1 + (step + 1) / batches,
-                          **{f"{TEACHER_PREFIX}{name}": output[index] for name, output in (teacher or {}).items()}}
-                total, terms = objective(values)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            losses.append(torch.stack([total.detach().float(), *(t.detach().float() for t in terms.values())]))
+            values = {"labels": train_data.labels[index], "progress": epoch - 1 + (step + 1) / batches,
+                      **{f"{TEACHER_PREFIX}{name}": output[index] for name, output in (teacher or {}).items()}}
+            total, terms = train_step(model, objective, optimizer, runtime, train_data.inputs(index), values)
+            losses.append(torch.stack([total.float(), *(t.detach().float() for t in terms.values())]))
         per_step = torch.stack(losses).cpu()
         finite = torch.isfinite(per_step[:, 0])
         if not finite.all():
@@ -220,7 +229,8 @@ def train(
                                 f"{first}/{batches}; no model written (lower train.lr or check the loss weights)")
         total_mean, *term_means = per_step.mean(dim=0).tolist()
         accuracy = evaluate(model, test_data, runtime)
-        result = EpochResult(epoch, total_mean, dict(zip(terms, term_means)), accuracy, time.perf_counter() - started)
+        result = EpochResult(epoch, total_mean, dict(zip(terms, term_means, strict=True)), accuracy,
+                             time.perf_counter() - started)
         history.append(result)
         line = f"{stage} epoch {epoch}/{epochs}: train_loss {result.train_loss:.4f}, " \
                f"test_accuracy {accuracy:.2f}%, {result.seconds:.1f} s"

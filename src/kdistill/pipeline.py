@@ -23,8 +23,8 @@ from kdistill.checkpoints import save_checkpoint
 from kdistill.codedeps import SRC, closure, digest
 from kdistill.config import CoreParams, load_params
 from kdistill.data import ImageDataset
-from kdistill.entry import main
 from kdistill.engine import DeviceImages, EpochResult, Runtime, resolve_runtime, teacher_outputs, train
+from kdistill.entry import main
 from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json
 from kdistill.layout import Layout, project_root

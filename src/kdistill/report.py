@@ -18,22 +18,22 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed (or present in CI)
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+import torch
+from scipy import stats
 
-from kdistill import tracking  # noqa: E402
-from kdistill.baselines import STUDENT_CE, TEACHER  # noqa: E402
-from kdistill.checkpoints import load_checkpoint  # noqa: E402
-from kdistill.config import load_params  # noqa: E402
-from kdistill.engine import Runtime, resolve_runtime  # noqa: E402
-from kdistill.entry import main  # noqa: E402
-from kdistill.errors import DataError  # noqa: E402
-from kdistill.files import atomic_path, write_json, write_text  # noqa: E402
-from kdistill.layout import Layout, project_root  # noqa: E402
-from kdistill.registry import METHODS, REPORT, REPORT_KEYS, TRAININGS  # noqa: E402
+from kdistill import tracking
+from kdistill.baselines import STUDENT_CE, TEACHER
+from kdistill.checkpoints import load_checkpoint
+from kdistill.config import load_params
+from kdistill.engine import Runtime, resolve_runtime
+from kdistill.entry import main
+from kdistill.errors import DataError
+from kdistill.files import atomic_path, write_json, write_text
+from kdistill.layout import Layout, project_root
+from kdistill.registry import METHODS, REPORT, REPORT_KEYS, TRAININGS
 
 BASELINE = STUDENT_CE.name
 CONFIDENCE = 0.95

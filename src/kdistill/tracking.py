@@ -8,7 +8,7 @@ import socket
 import subprocess
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +106,8 @@ def stage_run(stage: str, params: dict[str, Any], root: Path, *, seed: int | Non
     except TrackingError:
         raise
     except BaseException:
-        try:
+        with suppress(Exception):  # the original error is the one to report
             mlflow.end_run("FAILED")
-        except Exception:  # noqa: BLE001 - the original error is the one to report
-            pass
         raise
     with _reporting("finish the run in"):
         mlflow.end_run("FINISHED")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from kdistill.config import PositiveFloat, Weight
 from kdistill.methods import Method, MethodParams
 from kdistill.objectives import Objective, Shapes, Term, cross_entropy
-from pydantic import Field
 
 
 def _binary_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
