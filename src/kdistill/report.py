@@ -126,8 +126,9 @@ def results_table(layout: Layout, runtime: Runtime) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
     shown = table.reset_index()[["method", "seeds", "accuracy_text", "vs_student_ce_text", "verdict", "parameters",
                                  "model_kib", "latency_ms", "wall_time_s", "tutorial_accuracy"]]
-    text_columns = ["vs_student_ce_text", "verdict"]
-    shown = shown.assign(**{c: shown[c].fillna("—") for c in text_columns})
+    # "—" where a row has no value: no paired difference (teacher, CE student), no published run.
+    shown = shown.assign(vs_student_ce_text=shown["vs_student_ce_text"].fillna("—"), verdict=shown["verdict"].fillna("—"),
+                         tutorial_accuracy=[f"{v:.2f}" if pd.notna(v) else "—" for v in shown["tutorial_accuracy"]])
     shown.columns = ["method", "seeds", "test accuracy % (95% CI)", "vs CE student, paired (95% CI)", "verdict",
                      "parameters", "size (KiB)", f"latency (ms / {LATENCY_BATCH} images)", "training (s)",
                      "tutorial's run %"]
