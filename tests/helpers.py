@@ -28,6 +28,14 @@ def copy_project(destination: Path) -> Path:
     return destination
 
 
+def stage_record(project: Path, stage: str) -> dict:
+    """A training stage's DVC metrics and its per-seed record (metrics/runs/<stage>.json), merged."""
+    import json
+
+    metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
+    return {**metrics, **json.loads((project / "metrics" / "runs" / f"{stage}.json").read_text())}
+
+
 def with_value(raw: dict, key: str, value: Any) -> dict:
     """``raw`` (a params mapping) with the dotted ``key`` set to ``value``, in place."""
     *sections, leaf = key.split(".")

@@ -3,7 +3,6 @@ tracking server that is down from the start or dies mid-training."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ import yaml
 
 from conftest import ROOT
 from fakedata import make_cifar10_archive
-from helpers import BIN, free_port, wait_for_http
+from helpers import BIN, free_port, stage_record, wait_for_http
 from kdistill.data import prepare
 
 pytestmark = pytest.mark.slow
@@ -108,8 +107,8 @@ def test_killed_training_resumes_from_its_last_epoch_with_identical_results(tmp_
     assert "resuming seed 42 after epoch 1" in result.stdout
     assert "epoch 1/3" not in result.stdout, "epoch 1 was trained again"
 
-    expected = json.loads((reference / "metrics" / f"{STAGE}.json").read_text())
-    actual = json.loads((project / "metrics" / f"{STAGE}.json").read_text())
+    expected = stage_record(reference, STAGE)
+    actual = stage_record(project, STAGE)
     assert actual["per_seed"] == expected["per_seed"] and actual["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
     assert _same_history(project, reference)
     client, after = runs(project)

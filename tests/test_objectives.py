@@ -170,3 +170,11 @@ def test_unknown_inputs_and_duplicate_terms_are_refused():
         Term("x", 1.0, SoftTargetLoss(1.0), ("student_logits", "teacher_probs"))
     with pytest.raises(ValueError, match="distinct names"):
         Objective([cross_entropy(), cross_entropy()])
+
+
+def test_neutral_params_line_the_methods_up():
+    kd = METHODS["distill_kd"].build_objective(METHODS["distill_kd"].params(), SHAPES)
+    dkd = METHODS["distill_dkd"].build_objective(METHODS["distill_dkd"].params(), SHAPES)
+    assert kd.neutral_params() == {"ce_loss_weight": 0.75, "distill_loss_weight": 0.25}
+    assert dkd.neutral_params() == {"ce_loss_weight": 1.0, "distill_loss_weight": 9.0}
+    assert Objective([cross_entropy()]).neutral_params() == {"ce_loss_weight": 1.0, "distill_loss_weight": 0}

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from helpers import BIN, copy_project, free_port, set_param, sh, wait_for_http
+from helpers import BIN, copy_project, free_port, set_param, sh, stage_record, wait_for_http
 from kdistill.checkpoints import load_checkpoint
-from kdistill.registry import STAGES, TRAININGS, stage_param_keys
+from kdistill.registry import METHODS, STAGES, TRAININGS, stage_param_keys
 
 pytestmark = pytest.mark.e2e
 TRAINING_STAGES = list(TRAININGS)
@@ -82,7 +82,7 @@ def test_first_run_runs_every_stage(pipeline):
 def test_every_output_is_there_and_self_describing(pipeline):
     project, _, _ = pipeline
     for stage in TRAINING_STAGES:
-        metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
+        metrics = stage_record(project, stage)
         seeds = [42] if stage == "train_teacher" else SEEDS
         expected = 1_186_986 if stage == "train_teacher" else 267_738
         for seed in seeds:
@@ -90,6 +90,8 @@ def test_every_output_is_there_and_self_describing(pipeline):
             assert metrics["parameters"] == expected == sum(p.numel() for p in model.parameters())
         assert payload["stage"] == stage and payload["params"]["train.epochs"] == 1 and payload["seeds"] == seeds
         assert list(metrics["per_seed"]) == [str(s) for s in seeds] and metrics["epochs"] == 1
+        lean = json.loads((project / "metrics" / f"{stage}.json").read_text())
+        assert set(lean) == {"test_accuracy", "test_accuracy_std", "seeds", "parameters"}, "DVC metrics stay lean"
         assert metrics["test_accuracy"] == pytest.approx(sum(metrics["per_seed"].values()) / len(seeds))
         history = pd.read_csv(project / "metrics" / "history" / f"{stage}.csv")
         assert list(history["epoch"]) == [1] and {"train_loss", "test_accuracy"} <= set(history.columns)
@@ -138,11 +140,12 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
     assert by_stage["train_teacher"][0].data.tags["seed"] == "42"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     for stage in TRAINING_STAGES:
-        metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
+        metrics = stage_record(project, stage)
         for run in by_stage[stage]:
             seed = run.data.tags["seed"]
             assert run.data.params["seed"] == seed and metrics["mlflow_run_ids"][seed] == run.info.run_id
-            assert set(run.data.params) == {*stage_param_keys(stage), "seed", "method"}
+            neutral = {"method", "ce_loss_weight", "distill_loss_weight", *(["T"] if f"{stage}.T" in run.data.params else [])}
+            assert set(run.data.params) == {*stage_param_keys(stage), "seed", *neutral}
             assert run.data.params["method"] == stage
             assert run.data.params["train.lr"] == "0.001"
             assert run.data.tags["mlflow.source.git.commit"] == commit
@@ -153,6 +156,9 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
             assert set(inputs) == {"train", "test"} and inputs["train"].digest
     assert float(by_stage["distill_kd"][0].data.params["distill_kd.T"]) == 2
     assert float(by_stage["distill_dkd"][0].data.params["distill_dkd.beta"]) == 8
+    dkd = by_stage["distill_dkd"][0].data.params
+    assert (float(dkd["ce_loss_weight"]), float(dkd["distill_loss_weight"]), float(dkd["T"])) == (1, 9, 4)
+    assert float(by_stage["train_student_ce"][0].data.params["distill_loss_weight"]) == 0
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     assert sorted(m.name for m in models) == sorted(["train_teacher", *[s for s in TRAINING_STAGES[1:]] * 2])
     artifacts = {a.path for a in client.list_artifacts(by_stage["report"][0].info.run_id)}
@@ -165,7 +171,7 @@ def test_logged_model_loads_back_and_predicts(pipeline):
 
     project, _, _ = pipeline
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    run_id = json.loads((project / "metrics" / "distill_kd.json").read_text())["mlflow_run_ids"]["7"]
+    run_id = stage_record(project, "distill_kd")["mlflow_run_ids"]["7"]
     experiment = mlflow.get_experiment_by_name("knowledge-distillation")
     model_info = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                              filter_string=f"source_run_id = '{run_id}'")[0]
@@ -318,14 +324,14 @@ def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, 
         experiment = call("experiments/get-by-name?experiment_name=knowledge-distillation")["experiment"]
         runs = call("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
         for stage in TRAINING_STAGES:
-            metrics = json.loads((project / "metrics" / f"{stage}.json").read_text())
+            metrics = stage_record(project, stage)
             served = {run["info"]["run_id"]: run for run in runs}
             for seed, run_id in metrics["mlflow_run_ids"].items():
                 run = served[run_id]
                 params = {p["key"]: p["value"] for p in run["data"]["params"]}
                 values = {m["key"]: m["value"] for m in run["data"]["metrics"]}
                 assert run["info"]["run_name"] == stage and params["seed"] == seed
-                assert set(params) == {*stage_param_keys(stage), "seed", "method"}
+                assert {*stage_param_keys(stage), "seed", "method", "ce_loss_weight"} <= set(params)
                 assert values["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
     finally:
         server.terminate()
@@ -412,7 +418,7 @@ def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_
         "dvc.yaml", "params.yaml", "src/kdistill/methods/annealed.py", "stages/distill_annealed.py"]
     # 4. dvc repro runs the new stage (and the checks and report that read every method), nothing else
     assert repro(project, env) == {"check_params", "distill_annealed", "report"}
-    metrics = json.loads((project / "metrics" / "distill_annealed.json").read_text())
+    metrics = stage_record(project, "distill_annealed")
     assert list(metrics["per_seed"]) == [str(s) for s in SEEDS]
     rows = {row["stage"]: row for row in json.loads((project / "metrics" / "report.json").read_text())["rows"]}
     assert rows["distill_annealed"]["method"] == "Student, CE + annealed KD" and rows["distill_annealed"]["seeds"] == 2
@@ -424,3 +430,43 @@ def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_
     assert {r.data.params["distill_annealed.T_start"] for r in runs} == {"8.0"}
     terms = [m.key for m in client.get_metric_history(runs[0].info.run_id, "train_loss.soft_target")]
     assert terms, "the new method's loss terms are logged by name"
+
+
+def test_review_compares_two_experiments_over_three_seeds(restored):
+    import dvc.api
+
+    project, env, _ = restored
+    commit_all(project, env, "before the review")
+    for name, temperature in (("kd-t2", 2), ("kd-t4", 4)):
+        sh(str(BIN / "dvc"), "exp", "run", "-n", name, "-S", "seeds=[42,7,3]", "-S", f"distill_kd.T={temperature}",
+           cwd=project, env=env)
+    review = [sys.executable, "-m", "kdistill.cli", "review", "--baseline", "kd-t2", "--candidate", "kd-t4"]
+    result = subprocess.run([*review, "--fail-on-regression"], cwd=project, capture_output=True, text=True,
+                            env={**env, "PYTHONPATH": "src"}, timeout=300)
+    text = result.stdout
+    assert "| `distill_kd.T` | 2 | 4 |" in text and "`seeds`" not in text, text
+
+    def per_seed(rev: str) -> dict[str, float]:
+        return json.loads(dvc.api.read("metrics/runs/distill_kd.json", repo=str(project), rev=rev))["per_seed"]
+
+    old, new = per_seed("kd-t2"), per_seed("kd-t4")
+    assert sorted(old) == sorted(new) == ["3", "42", "7"]
+    seeds = sorted(old)
+    paired = stats.ttest_rel([new[s] for s in seeds], [old[s] for s in seeds])
+    kd_row = next(line for line in text.splitlines() if line.startswith("| Student, CE + KD |"))
+    cells = [cell.strip() for cell in kd_row.strip("|").split("|")]
+    assert cells[1:4] == [f"{np.mean(list(old.values())):.2f} (n=3)", f"{np.mean(list(new.values())):.2f} (n=3)", "3"]
+    if np.isfinite(paired.statistic):
+        low, high = paired.confidence_interval(0.95)
+        assert cells[4] == f"{np.mean([new[s] - old[s] for s in seeds]):.2f} [{low:.2f}, {high:.2f}]"
+        worse = high < 0
+    else:
+        worse = np.mean([new[s] - old[s] for s in seeds]) < 0
+    assert result.returncode == (1 if worse else 0), result.stderr
+    for label in (m.label for name, m in METHODS.items() if name != "distill_kd"):
+        assert f"| {label} |" in text and "unchanged" in next(line for line in text.splitlines()
+                                                             if line.startswith(f"| {label} |"))
+    unknown = subprocess.run([*review[:-1], "no-such-experiment"], cwd=project, capture_output=True, text=True,
+                             env={**env, "PYTHONPATH": "src"}, timeout=300)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "'no-such-experiment' is neither a git revision nor a DVC experiment" in unknown.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kdistill.report import Interval, verdict
+from kdistill.statistics import Interval, verdict
 
 
 def test_interval_is_scipys_one_sample_t_interval():
@@ -43,3 +43,12 @@ def test_verdicts(differences, expected):
 def test_identical_differences_have_a_zero_width_interval():
     interval = Interval.of([0.5, 0.5, 0.5])
     assert (interval.low, interval.high) == (0.5, 0.5) and verdict(interval) == "helps"
+
+
+def test_welch_interval_is_scipys():
+    new, old = [70.1, 70.9, 69.8, 71.2], [68.0, 69.5, 68.7]
+    expected = stats.ttest_ind(new, old, equal_var=False).confidence_interval(0.95)
+    interval = Interval.welch(new, old)
+    assert interval.mean == pytest.approx(np.mean(new) - np.mean(old))
+    assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))
+    assert verdict(Interval.welch([70.0], old), "better", "worse") == "cannot tell (1 seed)"

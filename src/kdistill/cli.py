@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kdistill.errors import KdistillError
 from kdistill.layout import Layout, project_root
 
 
@@ -25,14 +26,35 @@ def _dvc_yaml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace) -> int:
+    from kdistill.review import review
+
+    text, table = review(project_root(), args.baseline, args.candidate)
+    print(text, end="")
+    worse = [row.label for row in table if row.verdict == "worse"]
+    if args.fail_on_regression and worse:
+        print(f"regression: detectably worse: {', '.join(worse)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("dvc-yaml", help="regenerate dvc.yaml and stages/*.py from the method registry")
     generate.add_argument("--check", action="store_true", help="only check; exit 1 if anything is out of step")
     generate.set_defaults(run=_dvc_yaml)
+    review = commands.add_parser("review", help="compare two revisions, experiments or the workspace, method by method")
+    review.add_argument("--baseline", default="HEAD", help="git revision, DVC experiment or `workspace` (default: HEAD)")
+    review.add_argument("--candidate", default="workspace", help="the same kinds (default: workspace)")
+    review.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any method is detectably worse")
+    review.set_defaults(run=_review)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KdistillError as error:
+        print(f"error: kdistill {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def _data(layout: Layout, stage: str) -> tuple[list[str], list[str]]:
     if stage == DOWNLOAD:
         return [rel(layout.params_checked)], [rel(layout.dataset)]
     if stage == REPORT:
-        inputs = [rel(path(s)) for path in (layout.metrics, layout.history, layout.model) for s in TRAININGS]
+        inputs = [rel(path(s)) for path in (layout.metrics, layout.runs, layout.history, layout.model) for s in TRAININGS]
         return inputs, []
     training = TRAININGS[stage]
     deps = [rel(layout.dataset)]
@@ -91,11 +91,12 @@ def stage_entry(layout: Layout, stage: str, src: Path) -> dict[str, Any]:
     elif outs:
         entry["outs"] = outs
     if stage in TRAININGS:
+        entry["outs"].append({rel(layout.runs(stage)): {"cache": False}})
         entry["metrics"] = [{rel(layout.metrics(stage)): {"cache": False}}]
         entry["plots"] = [{rel(layout.history(stage)): {"cache": False}}]
     if stage == REPORT:
-        entry["outs"] = [{"metrics/report.md": {"cache": False}}, {rel(layout.report_dir): {"cache": False}}]
-        entry["metrics"] = [{"metrics/report.json": {"cache": False}}]
+        entry["outs"] = [{name: {"cache": False}} for name in ("metrics/report.md", "metrics/report.json",
+                                                                rel(layout.report_dir))]
     return entry
 
 

@@ -44,6 +44,10 @@ class Layout:
     def metrics(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"
 
+    def runs(self, stage: str) -> Path:
+        """Per seed: accuracy, MLflow run id; wall time, precision (not DVC metrics: kept out of its tables)."""
+        return self.root / "metrics" / "runs" / f"{stage}.json"
+
     def history(self, stage: str) -> Path:
         return self.root / "metrics" / "history" / f"{stage}.csv"
 

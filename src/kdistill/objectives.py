@@ -67,6 +67,12 @@ class Objective(nn.Module):
     def weights(self) -> dict[str, float]:
         return {term.name: term.weight for term in self.terms}
 
+    def neutral_params(self) -> dict[str, float]:
+        """Weights under names every method shares, so MLflow's compare view lines the methods up."""
+        distill = [t.weight for t in self.terms if any(name.startswith(TEACHER_PREFIX) for name in t.inputs)]
+        return {"ce_loss_weight": sum(t.weight for t in self.terms if t.name == "ce"),
+                "distill_loss_weight": sum(distill)}
+
     @property
     def teacher_outputs(self) -> frozenset[str]:
         """Which cached teacher outputs (``logits``, ``features``) the terms read."""

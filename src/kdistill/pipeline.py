@@ -125,11 +125,12 @@ class TrainingContext:
     teacher: dict[str, torch.Tensor]
     shapes: Shapes
     code: list[Path]
+    neutral: dict[str, object]  # method-neutral names: method, ce_loss_weight, distill_loss_weight, T
 
     @property
     def run_params(self) -> dict[str, object]:
         flat = self.params.flat()
-        return {"method": self.method.name, **{key: flat[key] for key in self.method.param_keys()}}
+        return {**self.neutral, **{key: flat[key] for key in self.method.param_keys()}}
 
 
 def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
@@ -195,14 +196,17 @@ def run_training(method: Method, layout: Layout) -> dict[str, object]:
     shapes = Shapes(student=ARCHITECTURES[method.architecture].feature_shape,
                     teacher=ARCHITECTURES[TEACHER.architecture].feature_shape)
     section = params.section(method.name) if method.params is not None else None
-    wanted = method.build_objective(section, shapes).teacher_outputs
+    objective = method.build_objective(section, shapes)
+    neutral = {"method": method.name, **objective.neutral_params(),
+               **({"T": section.T} if hasattr(section, "T") else {})}
     dataset = ImageDataset.load(layout.dataset)
     normalization = (params.data.mean, params.data.std)
     ctx = TrainingContext(
         method, params, layout, runtime, dataset,
         DeviceImages(dataset.train_images, dataset.train_labels, *normalization, runtime.device),
         DeviceImages(dataset.test_images, dataset.test_labels, *normalization, runtime.device),
-        _load_teacher_outputs(layout, wanted, runtime.device), shapes, code_files(method, layout),
+        _load_teacher_outputs(layout, objective.teacher_outputs, runtime.device), shapes, code_files(method, layout),
+        neutral,
     )
     seeds = [section.seed] if method.role == "teacher" else params.seeds
     tracking.connect(layout.root)  # fail fast, before any training, if the store is unusable
@@ -213,28 +217,35 @@ def run_training(method: Method, layout: Layout) -> dict[str, object]:
         teacher_model = results[0].model.to(runtime.device, memory_format=torch.channels_last)
         with atomic_path(layout.teacher_outputs) as partial:
             torch.save(teacher_outputs(teacher_model, ctx.train_data), partial)
-    metrics = _stage_metrics(results, params, runtime, time.perf_counter() - started)
+    metrics, runs = _stage_metrics(results, params, runtime, time.perf_counter() - started)
     save_checkpoint(layout.model(method.name), {r.seed: r.model for r in results}, stage=method.name,
-                    params=ctx.run_params, metrics=metrics, classes=dataset.classes,
+                    params=ctx.run_params, metrics={**metrics, **runs}, classes=dataset.classes,
                     normalization={"mean": list(params.data.mean), "std": list(params.data.std)})
     with atomic_path(layout.history(method.name)) as partial:
         _history_table(results).to_csv(partial, index=False)
+    write_json(layout.runs(method.name), runs)
     write_json(layout.metrics(method.name), metrics)
     print(f"{method.name}: test_accuracy {metrics['test_accuracy']:.2f}% over {len(seeds)} seed(s) "
-          f"in {metrics['wall_time_s']:.0f} s")
-    return metrics
+          f"in {runs['wall_time_s']:.0f} s")
+    return {**metrics, **runs}
 
 
-def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runtime, seconds: float) -> dict:
+def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runtime,
+                   seconds: float) -> tuple[dict, dict]:
+    """(DVC metrics: what a reviewer compares, kept lean for `dvc exp show`; the per-seed record)."""
     accuracies = [r.history[-1].test_accuracy for r in results]
-    return {
+    metrics = {
         "test_accuracy": float(np.mean(accuracies)),
         "test_accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
-        "per_seed": {str(r.seed): r.history[-1].test_accuracy for r in results},
-        "train_loss": float(np.mean([r.history[-1].train_loss for r in results])),
+        "seeds": len(results),
         "parameters": count_parameters(results[0].model),
+    }
+    runs = {
+        "per_seed": {str(r.seed): r.history[-1].test_accuracy for r in results},
+        "mlflow_run_ids": {str(r.seed): r.run_id for r in results},
+        "train_loss": float(np.mean([r.history[-1].train_loss for r in results])),
         "epochs": params.train.epochs,
         "wall_time_s": round(seconds, 2),
         "precision": runtime.precision,
-        "mlflow_run_ids": {str(r.seed): r.run_id for r in results},
     }
+    return metrics, runs

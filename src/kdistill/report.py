@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +20,6 @@ import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import torch
-from scipy import stats
 
 from kdistill import tracking
 from kdistill.baselines import STUDENT_CE, TEACHER
@@ -34,52 +31,20 @@ from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json, write_text
 from kdistill.layout import Layout, project_root
 from kdistill.registry import METHODS, REPORT, REPORT_KEYS, TRAININGS
+from kdistill.statistics import CONFIDENCE, Interval, verdict
 
 BASELINE = STUDENT_CE.name
-CONFIDENCE = 0.95
 LATENCY_BATCH = 128
 
 
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float  # nan with fewer than two values: no interval can be estimated
-    high: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float], confidence: float = CONFIDENCE) -> Interval:
-        mean = statistics.fmean(values)
-        if len(values) < 2:
-            return cls(mean, math.nan, math.nan, len(values))
-        sem = stats.sem(values)
-        if sem == 0:
-            return cls(mean, mean, mean, len(values))
-        low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
-        return cls(mean, float(low), float(high), len(values))
-
-    def excludes_zero(self) -> bool | None:
-        return None if math.isnan(self.low) else (self.low > 0 or self.high < 0)
-
-    def text(self) -> str:
-        if math.isnan(self.low):
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
-
-
-def verdict(difference: Interval) -> str:
-    if difference.excludes_zero() is None:
-        return "cannot tell (1 seed)"
-    if not difference.excludes_zero():
-        return "no detectable difference"
-    return "helps" if difference.low > 0 else "hurts"
-
-
 def _load_metrics(layout: Layout, stage: str) -> dict:
-    path = layout.metrics(stage)
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the {stage} stage first")
-    return json.loads(path.read_text())
+    """The stage's DVC metrics and its per-seed record, in one mapping."""
+    loaded = {}
+    for path in (layout.metrics(stage), layout.runs(stage)):
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run the {stage} stage first")
+        loaded.update(json.loads(path.read_text()))
+    return loaded
 
 
 def _size_and_latency(layout: Layout, stage: str, runtime: Runtime) -> tuple[int, float, dict]:
