@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 FAST := not e2e and not server and not slow
 
-.PHONY: setup pipeline test test-fast lint dvc-yaml benchmark ui
+.PHONY: setup pipeline test test-fast lint dvc-yaml review benchmark ui
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-fast: setup
 
 dvc-yaml: setup
 	kdistill dvc-yaml
+
+# What a change did to each method: make review [BASELINE=HEAD] [CANDIDATE=workspace]
+review: setup
+	kdistill review --baseline $(or $(BASELINE),HEAD) --candidate $(or $(CANDIDATE),workspace)
 
 benchmark: setup
 	dvc repro download

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,13 @@ def restored(pipeline):
     sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
 
 
+@dataclass(frozen=True)
+class FirstRun:
+    ran: set[str]  # the stages the first `dvc repro` ran
+    outputs: Path  # a copy of its metrics/ and models/
+    finished_ms: float  # MLflow runs that started before this are the first run's
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, cifar_archive):
     """A project copy that has run `dvc repro` once, 1 epoch, on data fetched over loopback HTTP."""
@@ -69,33 +78,38 @@ def pipeline(tmp_path_factory, cifar_archive):
     sh("git", "add", "-A", cwd=project, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
     ran = repro(project, env)
-    yield project, env, ran
+    # What the first run left, kept aside: other tests change the project, in any order.
+    first = FirstRun(ran, project.parent / "first-run", time.time() * 1000)
+    for name in ("metrics", "models"):
+        shutil.copytree(project / name, first.outputs / name)
+    yield project, env, first
     server.shutdown()
     server.server_close()
 
 
 def test_first_run_runs_every_stage(pipeline):
-    _, _, ran = pipeline
-    assert ran == set(STAGES)
+    _, _, first = pipeline
+    assert first.ran == set(STAGES)
 
 
 def test_every_output_is_there_and_self_describing(pipeline):
-    project, _, _ = pipeline
+    project, _, first = pipeline
+    outputs = first.outputs
     for stage in TRAINING_STAGES:
-        metrics = stage_record(project, stage)
+        metrics = stage_record(outputs, stage)
         seeds = [42] if stage == "train_teacher" else SEEDS
         expected = 1_186_986 if stage == "train_teacher" else 267_738
         for seed in seeds:
-            model, payload = load_checkpoint(project / "models" / f"{stage}.pt", seed=seed)
+            model, payload = load_checkpoint(outputs / "models" / f"{stage}.pt", seed=seed)
             assert metrics["parameters"] == expected == sum(p.numel() for p in model.parameters())
         assert payload["stage"] == stage and payload["params"]["train.epochs"] == 1 and payload["seeds"] == seeds
         assert list(metrics["per_seed"]) == [str(s) for s in seeds] and metrics["epochs"] == 1
-        lean = json.loads((project / "metrics" / f"{stage}.json").read_text())
+        lean = json.loads((outputs / "metrics" / f"{stage}.json").read_text())
         assert set(lean) == {"test_accuracy", "test_accuracy_std", "seeds", "parameters"}, "DVC metrics stay lean"
         assert metrics["test_accuracy"] == pytest.approx(sum(metrics["per_seed"].values()) / len(seeds))
-        history = pd.read_csv(project / "metrics" / "history" / f"{stage}.csv")
+        history = pd.read_csv(outputs / "metrics" / "history" / f"{stage}.csv")
         assert list(history["epoch"]) == [1] and {"train_loss", "test_accuracy"} <= set(history.columns)
-    report = json.loads((project / "metrics" / "report.json").read_text())
+    report = json.loads((outputs / "metrics" / "report.json").read_text())
     assert set(report["methods"]) == set(TRAINING_STAGES)
     rows = {row["stage"]: row for row in report["rows"]}
     kd, ce = rows["distill_kd"], rows["train_student_ce"]
@@ -106,12 +120,12 @@ def test_every_output_is_there_and_self_describing(pipeline):
     assert kd["seeds"] == 2
     assert kd["mlflow_run_ids"].keys() == {"42", "7"} and kd["params"]["distill_kd.T"] == 2
     assert kd["model_kib"] > 0 and kd["latency_ms"] > 0
-    markdown = (project / "metrics" / "report.md").read_text()
+    markdown = (outputs / "metrics" / "report.md").read_text()
     for label in (t.label for t in TRAININGS.values()):
         assert f"| {label} " in markdown
     assert "95% CI" in markdown and "over 2 seeds" in markdown
     for picture in ("accuracy.png", "curves.png"):
-        assert (project / "metrics" / "report" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (outputs / "metrics" / "report" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(project.rglob(".*.partial")) and not list((project / ".resume").glob("*"))
 
 
@@ -127,10 +141,11 @@ def test_dvc_sees_metrics_and_plots(pipeline):
 def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pipeline):
     from mlflow.tracking import MlflowClient
 
-    project, _, _ = pipeline
+    project, _, first = pipeline
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("knowledge-distillation")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = [run for run in client.search_runs([experiment.experiment_id], max_results=1000)
+            if run.info.start_time <= first.finished_ms]
     by_stage: dict[str, list] = {}
     for run in runs:
         assert run.info.run_name == run.data.tags["stage"] and run.info.status == "FINISHED"
@@ -140,7 +155,7 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
     assert by_stage["train_teacher"][0].data.tags["seed"] == "42"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     for stage in TRAINING_STAGES:
-        metrics = stage_record(project, stage)
+        metrics = stage_record(first.outputs, stage)
         for run in by_stage[stage]:
             seed = run.data.tags["seed"]
             assert run.data.params["seed"] == seed and metrics["mlflow_run_ids"][seed] == run.info.run_id
@@ -159,7 +174,9 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
     dkd = by_stage["distill_dkd"][0].data.params
     assert (float(dkd["ce_loss_weight"]), float(dkd["distill_loss_weight"]), float(dkd["T"])) == (1, 9, 4)
     assert float(by_stage["train_student_ce"][0].data.params["distill_loss_weight"]) == 0
-    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    first_ids = {run.info.run_id for run in runs}
+    models = [m for m in client.search_logged_models(experiment_ids=[experiment.experiment_id])
+              if m.source_run_id in first_ids]
     assert sorted(m.name for m in models) == sorted(["train_teacher", *[s for s in TRAINING_STAGES[1:]] * 2])
     artifacts = {a.path for a in client.list_artifacts(by_stage["report"][0].info.run_id)}
     assert {"report.md", "report.json", "accuracy.png", "curves.png"} <= artifacts
@@ -169,14 +186,14 @@ def test_logged_model_loads_back_and_predicts(pipeline):
     import mlflow
     import torch
 
-    project, _, _ = pipeline
+    project, _, first = pipeline
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    run_id = stage_record(project, "distill_kd")["mlflow_run_ids"]["7"]
+    run_id = stage_record(first.outputs, "distill_kd")["mlflow_run_ids"]["7"]
     experiment = mlflow.get_experiment_by_name("knowledge-distillation")
     model_info = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                              filter_string=f"source_run_id = '{run_id}'")[0]
     loaded = mlflow.pytorch.load_model(model_info.model_uri)
-    reference, _ = load_checkpoint(project / "models" / "distill_kd.pt", seed=7)
+    reference, _ = load_checkpoint(first.outputs / "models" / "distill_kd.pt", seed=7)
     images = torch.randn(5, 3, 32, 32)
     assert torch.allclose(loaded(images), reference.eval()(images), atol=1e-5)
     signature = mlflow.models.get_model_info(model_info.model_uri).signature
@@ -271,6 +288,7 @@ def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(restored):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name("knowledge-distillation").experiment_id
     runs_before = len(client.search_runs([experiment_id], max_results=1000))
+    started_ms = time.time() * 1000
     # Temperatures no other test uses: DVC's run-cache would otherwise restore them without running.
     sh(str(BIN / "dvc"), "exp", "run", "--queue", "-S", "distill_kd.T=1,3,5,6", cwd=project, env=env)
     sh(str(BIN / "dvc"), "queue", "start", "-j", "2", cwd=project, env=env)
@@ -295,7 +313,7 @@ def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(restored):
     runs = client.search_runs([experiment_id], max_results=1000)
     # each experiment: distill_kd (one run per seed) and report, all in the project's store
     assert len(runs) - runs_before == 4 * (len(SEEDS) + 1)
-    tagged = {run.data.tags.get("dvc.experiment") for run in runs} - {None}
+    tagged = {run.data.tags.get("dvc.experiment") for run in runs if run.info.start_time >= started_ms}
     assert tagged == set(experiments)
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
@@ -397,8 +415,8 @@ def toy_method_added(pipeline):
     commit_all(project, env, "before the toy method")
     before = {name: (project / name).read_text() for name in ("params.yaml", "dvc.yaml")}
     yield project, env
-    (project / "src" / "kdistill" / "methods" / "annealed.py").unlink()
-    (project / "stages" / "distill_annealed.py").unlink()
+    for leftover in (project / "src" / "kdistill" / "methods" / "annealed.py", project / "stages" / "distill_annealed.py"):
+        leftover.unlink(missing_ok=True)  # a failed test may leave them
     for name, text in before.items():
         (project / name).write_text(text)
     sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
@@ -430,6 +448,15 @@ def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_
     assert {r.data.params["distill_annealed.T_start"] for r in runs} == {"8.0"}
     terms = [m.key for m in client.get_metric_history(runs[0].info.run_id, "train_loss.soft_target")]
     assert terms, "the new method's loss terms are logged by name"
+
+    # Removing it again (module, section, regenerated files) reruns the report: no stale row stays.
+    (project / "src" / "kdistill" / "methods" / "annealed.py").unlink()
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(TOY_PARAMS, ""))
+    sh(sys.executable, "-m", "kdistill.cli", "dvc-yaml", cwd=project, env={**env, "PYTHONPATH": "src"})
+    assert not (project / "stages" / "distill_annealed.py").exists(), "the generator removes the scripts it made"
+    assert repro(project, env) == {"check_params", "report"}
+    rows = json.loads((project / "metrics" / "report.json").read_text())["methods"]
+    assert set(rows) == set(TRAINING_STAGES)
 
 
 def test_review_compares_two_experiments_over_three_seeds(restored):
