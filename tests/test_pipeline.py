@@ -48,6 +48,7 @@ def restored(pipeline):
 @dataclass(frozen=True)
 class FirstRun:
     ran: set[str]  # the stages the first `dvc repro` ran
+    commit: str  # the git commit it ran at
     outputs: Path  # a copy of its metrics/ and models/
     finished_ms: float  # MLflow runs that started before this are the first run's
 
@@ -79,7 +80,8 @@ def pipeline(tmp_path_factory, cifar_archive):
     sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
     ran = repro(project, env)
     # What the first run left, kept aside: other tests change the project, in any order.
-    first = FirstRun(ran, project.parent / "first-run", time.time() * 1000)
+    commit = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
+    first = FirstRun(ran, commit, project.parent / "first-run", time.time() * 1000)
     for name in ("metrics", "models"):
         shutil.copytree(project / name, first.outputs / name)
     yield project, env, first
@@ -153,7 +155,6 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
     assert {stage: len(r) for stage, r in by_stage.items()} == {
         "train_teacher": 1, **{stage: 2 for stage in TRAINING_STAGES[1:]}, "report": 1}
     assert by_stage["train_teacher"][0].data.tags["seed"] == "42"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     for stage in TRAINING_STAGES:
         metrics = stage_record(first.outputs, stage)
         for run in by_stage[stage]:
@@ -163,7 +164,7 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
             assert set(run.data.params) == {*stage_param_keys(stage), "seed", *neutral}
             assert run.data.params["method"] == stage
             assert run.data.params["train.lr"] == "0.001"
-            assert run.data.tags["mlflow.source.git.commit"] == commit
+            assert run.data.tags["mlflow.source.git.commit"] == first.commit
             assert run.data.metrics["parameters"] > 0
             assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
             assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy") if m.step > 0] == [1]
