@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,32 @@ def test_non_finite_loss_stops_naming_stage_epoch_and_first_bad_batch():
         train(LightNN(), STUDENT_CE.build_objective(None, SHAPES), blown_up, split(10, 2), CPU32,
               stage="train_student_ce", epochs=1, batch_size=16, lr=0.001, seed=0, on_checkpoint=checkpoints.append)
     assert checkpoints == [], "nothing may be saved from a diverged epoch"
+
+
+def test_a_resumed_distillation_continues_its_trained_regressor_exactly():
+    torch.manual_seed(0)
+    train_data, test_data = split(96, 1), split(30, 2)
+    teacher = teacher_outputs(DeepNN(), train_data)
+
+    def fresh() -> tuple[LightNN, Objective]:
+        torch.manual_seed(5)  # the stage seeds before building both
+        return LightNN(), objective("distill_regressor")
+
+    common = dict(stage="distill_regressor", epochs=3, batch_size=32, lr=0.003, seed=5, teacher=teacher)
+    model, hint = fresh()
+    states = []
+
+    def save(state: dict) -> None:  # as the stage does: to bytes at once (the state holds live tensors)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+
+    reference = train(model, hint, train_data, test_data, CPU32, on_checkpoint=save, **common)
+    resumed_model, resumed_hint = fresh()  # a new process: fresh objects, the state from disk
+    torch.manual_seed(123)  # whatever the RNG did since: the state restores it
+    after_epoch_1 = torch.load(io.BytesIO(states[0]), weights_only=True)
+    resumed = train(resumed_model, resumed_hint, train_data, test_data, CPU32, resume_from=after_epoch_1, **common)
+    assert [r.train_loss for r in resumed] == [r.train_loss for r in reference]
+    assert [r.test_accuracy for r in resumed] == [r.test_accuracy for r in reference]
+    regressor = resumed_hint.losses["feature_map"].regressor.weight
+    assert torch.equal(regressor, hint.losses["feature_map"].regressor.weight)

@@ -211,3 +211,16 @@ def test_tracking_server_down_fails_fast_naming_the_uri(tmp_path, cifar_archive)
     assert time.monotonic() - started < 30
     assert result.returncode == 2 and uri in result.stderr and "Traceback" not in result.stderr
     assert "epoch" not in result.stdout and not (project / "models").exists()
+
+
+def test_a_diverged_training_writes_no_model_and_no_metrics(tmp_path, cifar_archive):
+    archive, digest = cifar_archive
+    project = make_project(tmp_path / "p", archive, digest, epochs=1)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["std"] = [1e-45] * 3  # 1/(255 std) overflows fp32: inputs become inf and NaN, so does the loss
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(stage_command("train_student_ce"), cwd=project, env=stage_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "loss became nan at epoch 1" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "models").exists() and not (project / "metrics").exists()
