@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,42 @@ def copy_project(destination: Path) -> Path:
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, destination / name)
     return destination
+
+
+# What a run of the pipeline changes in the project: kept aside and put back by ``state_kept``.
+PIPELINE_STATE = ("params.yaml", "dvc.yaml", "dvc.lock", "data", "metrics", "models", "stages")
+
+
+@contextmanager
+def state_kept(project: Path) -> Iterator[None]:
+    """The pipeline's params, lock, outputs and stages put back as they were, whatever the block did.
+
+    A copy, not a second `dvc repro`: the metrics files are not in DVC's cache (git tracks them), so
+    DVC would retrain every stage whose params the block changed to bring them back.
+    """
+    saved = project.parent / f"{project.name}.saved"
+    shutil.rmtree(saved, ignore_errors=True)
+    for name in PIPELINE_STATE:
+        source = project / name
+        if source.is_dir():
+            shutil.copytree(source, saved / name)
+        elif source.is_file():
+            saved.mkdir(exist_ok=True)
+            shutil.copy2(source, saved / name)
+    try:
+        yield
+    finally:
+        for name in PIPELINE_STATE:
+            target = project / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if (saved / name).is_dir():
+                shutil.copytree(saved / name, target)
+            elif (saved / name).is_file():
+                shutil.copy2(saved / name, target)
+        shutil.rmtree(saved)
 
 
 def stage_record(project: Path, stage: str) -> dict:

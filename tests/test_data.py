@@ -91,6 +91,18 @@ def test_prepare_writes_the_dataset_atomically(cifar_archive, tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["dataset.pt"]
 
 
+def test_the_dataset_digest_covers_every_image_and_label(cifar_archive, tmp_path):
+    archive, _ = cifar_archive
+    dataset = read_cifar10(archive)
+    digest = dataset.digest("train")
+    assert digest == read_cifar10(archive).digest("train") != dataset.digest("test")
+    dataset.train_images[-1, 2, 31, 31] ^= 1  # the last pixel of the last image
+    assert dataset.digest("train") != digest
+    dataset.train_images[-1, 2, 31, 31] ^= 1
+    dataset.train_labels[-1] = (dataset.train_labels[-1] + 1) % 10
+    assert dataset.digest("train") != digest
+
+
 def test_wrong_layout_says_what_was_expected(tmp_path):
     path = tmp_path / "images.tar.gz"
     make_imagefolder_archive(path, train=10, test=10)

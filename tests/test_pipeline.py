@@ -19,8 +19,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from helpers import BIN, copy_project, free_port, set_param, sh, stage_record, wait_for_http
+from helpers import BIN, copy_project, free_port, set_param, sh, stage_record, state_kept, wait_for_http
 from kdistill.checkpoints import load_checkpoint
+from kdistill.data import ImageDataset
 from kdistill.registry import METHODS, STAGES, TRAININGS, stage_param_keys
 
 pytestmark = pytest.mark.e2e
@@ -39,10 +40,9 @@ def restored(pipeline):
     """The pipeline, put back as it was after the test (params and outputs), whatever the test changed:
     tests that change params do not depend on each other or on their order."""
     project, env, _ = pipeline
-    params = (project / "params.yaml").read_text()
-    yield pipeline
-    (project / "params.yaml").write_text(params)
-    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    with state_kept(project):
+        yield pipeline
+    assert repro(project, env) == set(), "the project is back where the first run left it"
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ def test_every_output_is_there_and_self_describing(pipeline):
         assert metrics["test_accuracy"] == pytest.approx(sum(metrics["per_seed"].values()) / len(seeds))
         history = pd.read_csv(outputs / "metrics" / "history" / f"{stage}.csv")
         assert list(history["epoch"]) == [1] and {"train_loss", "test_accuracy"} <= set(history.columns)
+        seconds = metrics["seconds"]  # where the stage's time went
+        assert seconds["epochs"] == pytest.approx(history["epoch_seconds"].sum() * len(seeds), abs=0.05)
+        assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(seconds["total"], abs=0.1)
+        assert min(seconds["start-up"], seconds["load"], seconds["tracking"], seconds["outputs"]) > 0
+        assert (seconds["model export"] > 0) and (("teacher outputs cache" in seconds) == (stage == "train_teacher"))
     report = json.loads((outputs / "metrics" / "report.json").read_text())
     assert set(report["methods"]) == set(TRAINING_STAGES)
     rows = {row["stage"]: row for row in report["rows"]}
@@ -148,6 +153,8 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
     experiment = client.get_experiment_by_name("knowledge-distillation")
     runs = [run for run in client.search_runs([experiment.experiment_id], max_results=1000)
             if run.info.start_time <= first.finished_ms]
+    dataset = ImageDataset.load(project / "data" / "dataset.pt")
+    digests = {split: dataset.digest(split) for split in ("train", "test")}
     by_stage: dict[str, list] = {}
     for run in runs:
         assert run.info.run_name == run.data.tags["stage"] and run.info.status == "FINISHED"
@@ -169,7 +176,7 @@ def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pip
             assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
             assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy") if m.step > 0] == [1]
             inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
-            assert set(inputs) == {"train", "test"} and inputs["train"].digest
+            assert {name: d.digest for name, d in inputs.items()} == digests
     assert float(by_stage["distill_kd"][0].data.params["distill_kd.T"]) == 2
     assert float(by_stage["distill_dkd"][0].data.params["distill_dkd.beta"]) == 8
     dkd = by_stage["distill_dkd"][0].data.params
@@ -414,13 +421,10 @@ def toy_method_added(pipeline):
     """README's "Add a method" steps in the pipeline's project, undone afterwards."""
     project, env, _ = pipeline
     commit_all(project, env, "before the toy method")
-    before = {name: (project / name).read_text() for name in ("params.yaml", "dvc.yaml")}
-    yield project, env
-    for leftover in (project / "src" / "kdistill" / "methods" / "annealed.py", project / "stages" / "distill_annealed.py"):
-        leftover.unlink(missing_ok=True)  # a failed test may leave them
-    for name, text in before.items():
-        (project / name).write_text(text)
-    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    with state_kept(project):
+        yield project, env
+        (project / "src" / "kdistill" / "methods" / "annealed.py").unlink(missing_ok=True)  # a failed test may leave it
+    assert repro(project, env) == set(), "the project is back where the first run left it"
 
 
 def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_yaml(toy_method_added):
@@ -465,9 +469,10 @@ def test_review_compares_two_experiments_over_three_seeds(restored):
 
     project, env, _ = restored
     commit_all(project, env, "before the review")
+    # Only distill_kd (and what it depends on) runs: the other methods keep their two seeds on both sides.
     for name, temperature in (("kd-t2", 2), ("kd-t4", 4)):
         sh(str(BIN / "dvc"), "exp", "run", "-n", name, "-S", "seeds=[42,7,3]", "-S", f"distill_kd.T={temperature}",
-           cwd=project, env=env)
+           "distill_kd", cwd=project, env=env)
     review = [sys.executable, "-m", "kdistill.cli", "review", "--baseline", "kd-t2", "--candidate", "kd-t4"]
     result = subprocess.run([*review, "--fail-on-regression"], cwd=project, capture_output=True, text=True,
                             env={**env, "PYTHONPATH": "src"}, timeout=300)

@@ -1,6 +1,7 @@
-"""Side-by-side throughput: this project's training path against the tutorial's way, in one process.
+"""Side by side: this project against the tutorial's way, per training step and for the whole pipeline.
 
     python -m kdistill.benchmark [--dataset data/dataset.pt] [--batches 20] [--output table.json]
+    python -m kdistill.benchmark --pipeline [--images 10000] [--epochs 1]
 
 Both paths run the engine's own ``train_step`` (the code the stages run) on the same prepared
 images, networks, objectives and batch size, on the same device; only the way data reaches the
@@ -10,17 +11,30 @@ here, one uint8 tensor on the device normalized per batch, bf16 autocast where n
 channels_last, and the teacher's outputs cached once. The ratios are what to read (absolute
 numbers move with whatever else the machine does). Every distillation method of the registry
 gets a row. Not part of the test suite: it measures, it asserts nothing.
+
+``--pipeline`` times every training end to end, both ways, one after the other on the first
+``--images`` training images (all test images): the tutorial's notebook (one process: teacher, CE
+student, then each method with its per-batch teacher forward, each evaluated on the test set)
+against `dvc repro` in a temporary copy of this project (a process per stage, MLflow tracking, model
+export, the report), both starting from decoded images.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from kdistill.config import load_params
@@ -29,7 +43,7 @@ from kdistill.engine import DeviceImages, Runtime, evaluate, resolve_runtime, te
 from kdistill.entry import configure_process
 from kdistill.models import ConvClassifier, DeepNN, LightNN
 from kdistill.objectives import TEACHER_PREFIX, Objective, Shapes, cross_entropy
-from kdistill.registry import METHODS
+from kdistill.registry import CHECK_PARAMS, DOWNLOAD, METHODS, TRAININGS
 
 BATCH_SIZE = 128
 SHAPES = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
@@ -172,6 +186,97 @@ def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: 
     return results
 
 
+def _train_and_test_the_tutorials_way(student: ConvClassifier, objective: Objective, train: DataLoader,
+                                      test: DataLoader, epochs: int, lr: float, device: torch.device,
+                                      teacher: ConvClassifier | None = None) -> None:
+    fp32 = Runtime(device, None)
+    optimizer = torch.optim.Adam([*student.parameters(), *objective.parameters()], lr=lr)
+    student.train()
+    for epoch in range(epochs):
+        for inputs, labels in train:
+            inputs, labels = inputs.to(device), labels.to(device)
+            values: dict[str, torch.Tensor | float] = {"labels": labels, "progress": epoch + 1.0}
+            if teacher is not None:
+                with torch.no_grad():
+                    features = teacher.forward_features(inputs)
+                    values.update(teacher_features=features, teacher_logits=teacher.forward_head(features))
+            train_step(student, objective, optimizer, fp32, inputs, values)
+            # The tutorial reads each step's loss on the host (running_loss += loss.item()).
+    student.eval()
+    with torch.no_grad():
+        for inputs, labels in test:
+            (student(inputs.to(device)).argmax(1) == labels.to(device)).sum().item()
+
+
+def tutorial_pipeline(dataset: ImageDataset, mean: list[float], std: list[float], lr: float, epochs: int,
+                      device: torch.device) -> None:
+    """The tutorial's notebook on ``dataset``: every training and test, its way (see the module's doc)."""
+    train = DataLoader(PILImages(dataset.train_images, dataset.train_labels, mean, std), batch_size=BATCH_SIZE,
+                       shuffle=True, num_workers=2)
+    test = DataLoader(PILImages(dataset.test_images, dataset.test_labels, mean, std), batch_size=BATCH_SIZE,
+                      num_workers=2)
+    torch.manual_seed(42)
+    teacher = DeepNN().to(device)
+    _train_and_test_the_tutorials_way(teacher, Objective([cross_entropy()]), train, test, epochs, lr, device)
+    for method in [None, *METHODS.values()]:
+        torch.manual_seed(42)
+        objective = Objective([cross_entropy()]) if method is None else method.build_objective(method.params(), SHAPES)
+        _train_and_test_the_tutorials_way(LightNN().to(device), objective.to(device), train, test, epochs, lr, device,
+                                          None if method is None else teacher)
+
+
+_NOT_COPIED = (".git", ".venv", "data", "models", "metrics", "mlflow.db", "mlruns", ".resume", "dvc.lock", "tmp",
+               "cache", "__pycache__", "*.egg-info")
+
+
+def _run(args: list[str], cwd: Path) -> float:
+    """Seconds ``args`` took; its output goes to a log beside the project copy, shown if it fails."""
+    log = cwd.parent / "commands.log"
+    started = time.perf_counter()
+    with log.open("a") as out:
+        result = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode:
+        raise SystemExit(f"benchmark: {' '.join(args)} failed:\n{log.read_text()[-4000:]}")
+    return time.perf_counter() - started
+
+
+def pipeline_benchmark(dataset: ImageDataset, images: int, epochs: int, root: Path) -> pd.DataFrame:
+    subset = ImageDataset(dataset.train_images[:images], dataset.train_labels[:images], dataset.test_images,
+                          dataset.test_labels, dataset.classes)
+    bin_dir = str(Path(sys.executable).parent)
+    with tempfile.TemporaryDirectory(prefix="kdistill-benchmark-") as tmp:
+        subset.save(Path(tmp) / "subset.pt")
+        project = Path(tmp) / "project"
+        shutil.copytree(root, project, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["train"]["epochs"], params["seeds"] = epochs, [42]
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.update(env)
+        for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark"],
+                        ["dvc", "repro", CHECK_PARAMS]):
+            _run(command, project)
+        # Both ways start from decoded images: the download stage is recorded as done, not timed.
+        shutil.copy(Path(tmp) / "subset.pt", project / "data" / "dataset.pt")
+        _run(["dvc", "commit", "-f", DOWNLOAD], project)
+        print(f"benchmark: the tutorial's way, {images} images, {epochs} epoch(s) ...", flush=True)
+        tutorial = _run([sys.executable, "-m", "kdistill.benchmark", "--tutorial-pipeline", "--dataset",
+                         str(Path(tmp) / "subset.pt"), "--epochs", str(epochs), "--params", str(project / "params.yaml")],
+                        project)
+        print(f"benchmark: the tutorial's way took {tutorial:.1f} s; now `dvc repro` ...", flush=True)
+        ours = _run(["dvc", "repro"], project)
+        stages = {stage: json.loads((project / "metrics" / "runs" / f"{stage}.json").read_text()) for stage in TRAININGS}
+    rows = {"whole pipeline (s)": (tutorial, ours)}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["tutorial's way", "project"])
+    table["speed-up"] = table["tutorial's way"] / table["project"]
+    per_stage = pd.DataFrame({stage: record["seconds"] for stage, record in stages.items()}).T
+    per_stage.index.name = "stage (s)"
+    print(table.to_markdown(floatfmt=".1f"))
+    print(per_stage.to_markdown(floatfmt=".1f"))
+    return table
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=Path("data/dataset.pt"),
@@ -179,13 +284,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement (>= 3)")
     parser.add_argument("--output", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--pipeline", action="store_true", help="time the whole pipeline both ways instead")
+    parser.add_argument("--images", type=int, default=10_000, help="with --pipeline: training images used")
+    parser.add_argument("--epochs", type=int, default=1, help="with --pipeline: epochs of every training")
+    parser.add_argument("--tutorial-pipeline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batches < 3:
         parser.error(f"--batches must be >= 3, got {args.batches}")
+    if args.images < 1 or args.epochs < 1:
+        parser.error(f"--images and --epochs must be >= 1, got {args.images} and {args.epochs}")
     configure_process()
     params = load_params(args.params, only_known_sections=True)
     dataset = ImageDataset.load(args.dataset)
     runtime = resolve_runtime(params.train.device, params.train.precision)
+    if args.tutorial_pipeline:
+        tutorial_pipeline(dataset, params.data.mean, params.data.std, params.train.lr, args.epochs, runtime.device)
+        return pd.DataFrame()
+    if args.pipeline:
+        return pipeline_benchmark(dataset, args.images, args.epochs, args.params.resolve().parent)
     mean, std, lr = params.data.mean, params.data.std, params.train.lr
     torch.manual_seed(0)
     teacher = DeepNN().eval()

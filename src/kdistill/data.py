@@ -263,6 +263,14 @@ class ImageDataset:
             raise DataError(f"{path}: no prepared dataset; run the download stage first (dvc repro download)")
         return cls(**torch.load(path, weights_only=True))
 
+    def digest(self, split: str) -> str:
+        """A hash of every image and label of ``split``: equal exactly when the data is the same."""
+        hasher = hashlib.sha256()
+        for tensor in (getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")):
+            hasher.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            hasher.update(tensor.contiguous().numpy().data)
+        return hasher.hexdigest()[:16]
+
     def validate(self) -> None:
         n = len(self.classes)
         for split in ("train", "test"):

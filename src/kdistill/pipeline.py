@@ -10,6 +10,9 @@ import hashlib
 import json
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import kdistill
 from kdistill import tracking
 from kdistill.baselines import TEACHER
 from kdistill.checkpoints import save_checkpoint
@@ -103,6 +107,43 @@ def _hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class Stopwatch:
+    """Seconds per phase of a stage, summed over seeds, so that its record says where each second went.
+
+    Phases nest exclusively: the seconds of a phase timed inside another count for the inner one only.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._open: list[str] = []
+        self._since = self.started = time.perf_counter()
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._open:
+            self.seconds[self._open[-1]] += now - self._since
+        self._since = now
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        self._charge()
+        self._open.append(phase)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._open.pop()
+
+    def profile(self, epochs: float) -> dict[str, float]:
+        """Start-up (imports), each phase, the epochs within training, and what no phase covered."""
+        total = time.perf_counter() - kdistill.LOADING_SINCE
+        phases = {"start-up": self.started - kdistill.LOADING_SINCE, **self.seconds}
+        training = phases.pop("training", 0.0)
+        phases |= {"epochs": epochs, "checkpoints and per-epoch logging": training - epochs}
+        phases |= {"other": total - sum(phases.values()), "total": total}
+        return {name: round(value, 2) for name, value in phases.items()}
+
+
 @dataclass
 class SeedResult:
     seed: int
@@ -126,6 +167,8 @@ class TrainingContext:
     shapes: Shapes
     code: list[Path]
     neutral: dict[str, object]  # method-neutral names: method, ce_loss_weight, distill_loss_weight, T
+    digests: dict[str, str]  # per split, for MLflow's dataset inputs
+    clock: Stopwatch
 
     @property
     def run_params(self) -> dict[str, object]:
@@ -145,8 +188,9 @@ def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
     model = model.to(ctx.runtime.device, memory_format=torch.channels_last)
     section = ctx.params.section(method.name) if method.params is not None else None
     objective = method.build_objective(section, ctx.shapes).to(ctx.runtime.device)
-    with tracking.stage_run(method.name, {**ctx.run_params, "seed": seed}, layout.root, seed=seed,
-                            run_id=saved and saved["run_id"]) as run:
+    clock = ctx.clock
+    with clock("tracking"), tracking.stage_run(method.name, {**ctx.run_params, "seed": seed}, layout.root, seed=seed,
+                                               run_id=saved and saved["run_id"]) as run:
         run_id = run.info.run_id
         if saved:
             print(f"{method.name}: resuming seed {seed} after epoch {saved['state']['epoch']} (MLflow run {run_id})")
@@ -157,19 +201,20 @@ def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
         else:
             resume.save(run_id, None)
             for split, context in (("train", "training"), ("test", "evaluation")):
-                tracking.log_dataset(getattr(ctx.dataset, f"{split}_images").numpy(),
-                                     getattr(ctx.dataset, f"{split}_labels").numpy(), split, ctx.params.data.url,
-                                     context)
-        history = train(model, objective, ctx.train_data, ctx.test_data, ctx.runtime, stage=method.name,
-                        epochs=train_params.epochs, batch_size=train_params.batch_size, lr=train_params.lr, seed=seed,
-                        teacher=ctx.teacher,
-                        on_epoch=lambda result: tracking.log_metrics(result.metrics(), step=result.epoch),
-                        resume_from=saved and saved["state"], on_checkpoint=lambda state: resume.save(run_id, state))
+                tracking.log_dataset(split, ctx.digests[split], ctx.params.data.url, context)
+        with clock("training"):
+            history = train(model, objective, ctx.train_data, ctx.test_data, ctx.runtime, stage=method.name,
+                            epochs=train_params.epochs, batch_size=train_params.batch_size, lr=train_params.lr,
+                            seed=seed, teacher=ctx.teacher,
+                            on_epoch=lambda result: tracking.log_metrics(result.metrics(), step=result.epoch),
+                            resume_from=saved and saved["state"],
+                            on_checkpoint=lambda state: resume.save(run_id, state))
         final = history[-1]
         tracking.log_metrics({"test_accuracy": final.test_accuracy, "train_loss": final.train_loss,
                               "parameters": count_parameters(model)})
         if not (saved and tracking.has_model(run_id)):
-            tracking.log_model(model, name=method.name)
+            with clock("model export"):
+                tracking.log_model(model, name=method.name)
     resume.clear()
     return SeedResult(seed, model.cpu(), history, run_id)
 
@@ -190,7 +235,36 @@ def _load_teacher_outputs(layout: Layout, wanted: frozenset[str], device: torch.
 
 
 def run_training(method: Method, layout: Layout) -> dict[str, object]:
-    started = time.perf_counter()
+    clock = Stopwatch()
+    with clock("load"):
+        ctx = _context(method, layout, clock)
+    seeds = [ctx.params.section(method.name).seed] if method.role == "teacher" else ctx.params.seeds
+    with clock("tracking"):
+        tracking.connect(layout.root)  # fail fast, before any training, if the store is unusable
+    print(f"{method.name}: {method.architecture} on {ctx.runtime.device}, {ctx.runtime.precision}, seeds {seeds}")
+
+    results = [_train_seed(ctx, seed) for seed in seeds]
+    if method.role == "teacher":
+        with clock("teacher outputs cache"):
+            teacher_model = results[0].model.to(ctx.runtime.device, memory_format=torch.channels_last)
+            with atomic_path(layout.teacher_outputs) as partial:
+                torch.save(teacher_outputs(teacher_model, ctx.train_data), partial)
+    with clock("outputs"):
+        metrics, runs = _stage_metrics(results, ctx.params, ctx.runtime)
+        save_checkpoint(layout.model(method.name), {r.seed: r.model for r in results}, stage=method.name,
+                        params=ctx.run_params, metrics={**metrics, **runs}, classes=ctx.dataset.classes,
+                        normalization={"mean": list(ctx.params.data.mean), "std": list(ctx.params.data.std)})
+        with atomic_path(layout.history(method.name)) as partial:
+            _history_table(results).to_csv(partial, index=False)
+        write_json(layout.metrics(method.name), metrics)
+    runs["seconds"] = clock.profile(epochs=sum(e.seconds for r in results for e in r.history))
+    write_json(layout.runs(method.name), runs)
+    print(f"{method.name}: test_accuracy {metrics['test_accuracy']:.2f}% over {len(seeds)} seed(s) in "
+          f"{runs['seconds']['total']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in runs["seconds"].items()))
+    return {**metrics, **runs}
+
+
+def _context(method: Method, layout: Layout, clock: Stopwatch) -> TrainingContext:
     params = stage_params(method, layout)
     runtime = resolve_runtime(params.train.device, params.train.precision)
     shapes = Shapes(student=ARCHITECTURES[method.architecture].feature_shape,
@@ -201,37 +275,16 @@ def run_training(method: Method, layout: Layout) -> dict[str, object]:
                **({"T": section.T} if hasattr(section, "T") else {})}
     dataset = ImageDataset.load(layout.dataset)
     normalization = (params.data.mean, params.data.std)
-    ctx = TrainingContext(
+    return TrainingContext(
         method, params, layout, runtime, dataset,
         DeviceImages(dataset.train_images, dataset.train_labels, *normalization, runtime.device),
         DeviceImages(dataset.test_images, dataset.test_labels, *normalization, runtime.device),
         _load_teacher_outputs(layout, objective.teacher_outputs, runtime.device), shapes, code_files(method, layout),
-        neutral,
+        neutral, {split: dataset.digest(split) for split in ("train", "test")}, clock,
     )
-    seeds = [section.seed] if method.role == "teacher" else params.seeds
-    tracking.connect(layout.root)  # fail fast, before any training, if the store is unusable
-    print(f"{method.name}: {method.architecture} on {runtime.device}, {runtime.precision}, seeds {seeds}")
-
-    results = [_train_seed(ctx, seed) for seed in seeds]
-    if method.role == "teacher":
-        teacher_model = results[0].model.to(runtime.device, memory_format=torch.channels_last)
-        with atomic_path(layout.teacher_outputs) as partial:
-            torch.save(teacher_outputs(teacher_model, ctx.train_data), partial)
-    metrics, runs = _stage_metrics(results, params, runtime, time.perf_counter() - started)
-    save_checkpoint(layout.model(method.name), {r.seed: r.model for r in results}, stage=method.name,
-                    params=ctx.run_params, metrics={**metrics, **runs}, classes=dataset.classes,
-                    normalization={"mean": list(params.data.mean), "std": list(params.data.std)})
-    with atomic_path(layout.history(method.name)) as partial:
-        _history_table(results).to_csv(partial, index=False)
-    write_json(layout.runs(method.name), runs)
-    write_json(layout.metrics(method.name), metrics)
-    print(f"{method.name}: test_accuracy {metrics['test_accuracy']:.2f}% over {len(seeds)} seed(s) "
-          f"in {runs['wall_time_s']:.0f} s")
-    return {**metrics, **runs}
 
 
-def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runtime,
-                   seconds: float) -> tuple[dict, dict]:
+def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runtime) -> tuple[dict, dict]:
     """(DVC metrics: what a reviewer compares, kept lean for `dvc exp show`; the per-seed record)."""
     accuracies = [r.history[-1].test_accuracy for r in results]
     metrics = {
@@ -245,7 +298,7 @@ def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runti
         "mlflow_run_ids": {str(r.seed): r.run_id for r in results},
         "train_loss": float(np.mean([r.history[-1].train_loss for r in results])),
         "epochs": params.train.epochs,
-        "wall_time_s": round(seconds, 2),
+        "wall_time_s": round(time.perf_counter() - kdistill.LOADING_SINCE, 2),
         "precision": runtime.precision,
     }
     return metrics, runs

@@ -136,16 +136,23 @@ def mark_failed(run_id: str) -> None:
         client.set_terminated(run_id, status="FAILED")
 
 
-def log_dataset(images: np.ndarray, labels: np.ndarray, name: str, source: str, context: str) -> None:
-    """The split as an MLflow input: name, where it came from (data.url) and a digest of its contents."""
-    if source.startswith(("http://", "https://")):
-        source = HTTPDatasetSource(source)
+def log_dataset(name: str, digest: str, source: str, context: str) -> None:
+    """A split as an MLflow input: its name, where it came from (data.url) and a digest of its contents.
+
+    Metadata only: the digest covers every image and label (``ImageDataset.digest``, computed once
+    per stage), where MLflow's own numpy digest samples the first 10,000 values and copies the
+    whole array to do so, for every seed.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
     with warnings.catch_warnings():
         # A local path matches two equivalent registered source types; MLflow warns and picks one.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        dataset = mlflow.data.from_numpy(features=images, targets=labels, source=source, name=name)
+        resolved = HTTPDatasetSource(source) if source.startswith(("http://", "https://")) \
+            else resolve_dataset_source(source)
     with _reporting("log a dataset to"):
-        mlflow.log_input(dataset, context=context)
+        mlflow.log_input(MetaDataset(resolved, name=name, digest=digest), context=context)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
