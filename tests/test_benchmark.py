@@ -1,0 +1,41 @@
+"""The benchmark runs the engine's own step both ways and has a row per registered method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdistill import benchmark
+from kdistill.data import read_cifar10
+from kdistill.registry import METHODS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny(cifar_archive, tmp_path):
+    archive, _ = cifar_archive
+    path = tmp_path / "dataset.pt"
+    read_cifar10(archive).save(path)
+    return path
+
+
+def test_step_benchmark_has_a_row_per_method_and_measures_both_ways(tiny, tmp_path):
+    table = benchmark.main(["--dataset", str(tiny), "--batches", "3", "--output", str(tmp_path / "t.json")])
+    assert {f"{name} epoch" for name in METHODS} | {"teacher training", "evaluation"} <= set(table.index)
+    measured = table.drop(index="teacher outputs cache (once per teacher)")
+    assert (measured["tutorial's way img/s"] > 0).all() and (measured["project img/s"] > 0).all()
+    assert (tmp_path / "t.json").stat().st_size > 0
+
+
+def test_the_tutorials_notebook_trains_every_network_its_way(tiny, monkeypatch):
+    calls = []
+    original = benchmark.train_step
+    monkeypatch.setattr(benchmark, "train_step", lambda *args: calls.append(args) or original(*args))
+    dataset = torch.load(tiny, weights_only=True)
+    steps = -(-len(dataset["train_labels"]) // benchmark.BATCH_SIZE)
+    benchmark.main(["--dataset", str(tiny), "--tutorial-pipeline", "--epochs", "1"])
+    assert len(calls) == steps * (2 + len(METHODS)), "teacher, CE student and every method, one epoch each"
+    runtime, inputs = calls[-1][3], calls[-1][4]
+    assert runtime.autocast_dtype is None and inputs.is_contiguous(), "the tutorial's way: fp32, NCHW"
+    assert {"teacher_logits", "teacher_features"} <= set(calls[-1][5]), "a live teacher forward per batch"
