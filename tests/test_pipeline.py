@@ -131,6 +131,8 @@ def test_every_output_is_there_and_self_describing(pipeline):
     for label in (t.label for t in TRAININGS.values()):
         assert f"| {label} " in markdown
     assert "95% CI" in markdown and "over 2 seeds" in markdown
+    shared = next(line for line in markdown.splitlines() if line.startswith("Shared params:"))
+    assert "`seeds=[42, 7]`" in shared and "`train.epochs=1`" in shared and "loss_weight" not in shared
     for picture in ("accuracy.png", "curves.png"):
         assert (outputs / "metrics" / "report" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(project.rglob(".*.partial")) and not list((project / ".resume").glob("*"))
@@ -299,7 +301,8 @@ def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(restored):
     started_ms = time.time() * 1000
     # Temperatures no other test uses: DVC's run-cache would otherwise restore them without running.
     sh(str(BIN / "dvc"), "exp", "run", "--queue", "-S", "distill_kd.T=1,3,5,6", cwd=project, env=env)
-    sh(str(BIN / "dvc"), "queue", "start", "-j", "2", cwd=project, env=env)
+    # One thread each, as the README says: two experiments of two threads each on two cores busy-wait.
+    sh(str(BIN / "dvc"), "queue", "start", "-j", "2", cwd=project, env={**env, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = sh(str(BIN / "dvc"), "queue", "status", cwd=project, env=env)

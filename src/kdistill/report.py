@@ -113,7 +113,8 @@ def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
                                             if k.startswith(f"{stage}."))
         for stage, row in table.iterrows() if stage in METHODS
     )
-    shared = ", ".join(f"`{k}={v}`" for k, v in table.loc[BASELINE, "params"].items() if k != "method")
+    # The params.yaml keys every student reads (the run's params also hold its method-neutral weights).
+    shared = ", ".join(f"`{key}={table.loc[BASELINE, 'params'][key]}`" for key in TRAININGS[BASELINE].param_keys())
     return (
         "# Knowledge distillation: results\n\n"
         f"{body}\n\n{caution}\n\n"
