@@ -111,6 +111,11 @@ def test_killed_training_resumes_from_its_last_epoch_with_identical_results(tmp_
     actual = stage_record(project, STAGE)
     assert actual["per_seed"] == expected["per_seed"] and actual["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
     assert _same_history(project, reference)
+    import pandas as pd
+
+    trained_here = pd.read_csv(project / "metrics" / "history" / f"{STAGE}.csv")["epoch_seconds"][1:].sum()
+    assert actual["seconds"]["epochs"] == pytest.approx(trained_here, abs=0.05), "epoch 1 was another process's"
+    assert actual["seconds"]["checkpoints and per-epoch logging"] >= 0
     client, after = runs(project)
     assert len(after) == 1 and after[0].info.run_id == before[0].info.run_id and after[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(after[0].info.run_id, "test_accuracy") if m.step] == [1, 2, 3]

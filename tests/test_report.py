@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from kdistill.statistics import Interval, verdict
@@ -52,3 +53,26 @@ def test_welch_interval_is_scipys():
     assert interval.mean == pytest.approx(np.mean(new) - np.mean(old))
     assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))
     assert verdict(Interval.welch([70.0], old), "better", "worse") == "cannot tell (1 seed)"
+
+
+def test_the_markdown_table_prints_accuracies_to_the_digit():
+    import pandas as pd
+
+    from kdistill.engine import Runtime
+    from kdistill.registry import TRAININGS
+    from kdistill.report import to_markdown
+
+    rows = []
+    for i, (stage, training) in enumerate(TRAININGS.items()):
+        accuracy = 68.49 + i / 100
+        rows.append({"stage": stage, "method": training.label, "seeds": 1, "test_accuracy": accuracy,
+                     "accuracy_text": f"{accuracy:.2f}", "parameters": 267_738, "model_kib": 1049.08,
+                     "latency_ms": 2.21, "wall_time_s": 39.26, "tutorial_accuracy": training.reference_accuracy,
+                     "params": {key: 1 for key in training.param_keys()},
+                     **({"vs_student_ce_text": f"{i / 100:.2f}", "verdict": "cannot tell (1 seed)"} if i > 1 else {})})
+    text = to_markdown(pd.DataFrame(rows).set_index("stage"), Runtime(torch.device("cpu"), None))
+    cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
+             for line in text.splitlines() if line.startswith("| ")}
+    ce, third = cells[TRAININGS["train_student_ce"].label], cells[list(TRAININGS.values())[2].label]
+    assert ce[1:3] == ["1", "68.50"] and ce[5:] == ["267,738", "1049.1", "2.2", "39.3", "70.65"]
+    assert third[2:4] == ["68.51", "0.02"]

@@ -150,6 +150,7 @@ class SeedResult:
     model: ConvClassifier
     history: list[EpochResult]
     run_id: str
+    trained_seconds: float  # the epochs this process trained (a resumed seed's earlier ones excluded)
 
 
 @dataclass
@@ -216,7 +217,8 @@ def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
             with clock("model export"):
                 tracking.log_model(model, name=method.name)
     resume.clear()
-    return SeedResult(seed, model.cpu(), history, run_id)
+    resumed_epochs = len(saved["state"]["history"]) if saved else 0
+    return SeedResult(seed, model.cpu(), history, run_id, sum(e.seconds for e in history[resumed_epochs:]))
 
 
 def _history_table(results: list[SeedResult]) -> pd.DataFrame:
@@ -257,7 +259,7 @@ def run_training(method: Method, layout: Layout) -> dict[str, object]:
         with atomic_path(layout.history(method.name)) as partial:
             _history_table(results).to_csv(partial, index=False)
         write_json(layout.metrics(method.name), metrics)
-    runs["seconds"] = clock.profile(epochs=sum(e.seconds for r in results for e in r.history))
+    runs["seconds"] = clock.profile(epochs=sum(r.trained_seconds for r in results))
     write_json(layout.runs(method.name), runs)
     print(f"{method.name}: test_accuracy {metrics['test_accuracy']:.2f}% over {len(seeds)} seed(s) in "
           f"{runs['seconds']['total']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in runs["seconds"].items()))

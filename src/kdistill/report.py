@@ -92,12 +92,16 @@ def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
     shown = table.reset_index()[["method", "seeds", "accuracy_text", "vs_student_ce_text", "verdict", "parameters",
                                  "model_kib", "latency_ms", "wall_time_s", "tutorial_accuracy"]]
     # "—" where a row has no value: no paired difference (teacher, CE student), no published run.
+    # Every cell formatted here, none parsed again by tabulate: "68.49" must not print as "68.5".
     shown = shown.assign(vs_student_ce_text=shown["vs_student_ce_text"].fillna("—"), verdict=shown["verdict"].fillna("—"),
-                         tutorial_accuracy=[f"{v:.2f}" if pd.notna(v) else "—" for v in shown["tutorial_accuracy"]])
+                         tutorial_accuracy=[f"{v:.2f}" if pd.notna(v) else "—" for v in shown["tutorial_accuracy"]],
+                         seeds=shown["seeds"].map(str), parameters=shown["parameters"].map("{:,}".format),
+                         **{c: shown[c].map("{:.1f}".format) for c in ("model_kib", "latency_ms", "wall_time_s")})
     shown.columns = ["method", "seeds", "test accuracy % (95% CI)", "vs CE student, paired (95% CI)", "verdict",
                      "parameters", "size (KiB)", f"latency (ms / {LATENCY_BATCH} images)", "training (s)",
                      "tutorial's run %"]
-    body = shown.to_markdown(index=False, floatfmt=".1f", intfmt=",", missingval="—")
+    body = shown.to_markdown(index=False, disable_numparse=True, colalign=["left", "right", "right", "left", "left",
+                                                                           "right", "right", "right", "right", "right"])
     seeds = int(table["seeds"].max())
     caution = (
         "With a single seed no interval can be estimated and no method can be called better: the "
