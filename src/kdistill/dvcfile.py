@@ -63,7 +63,7 @@ def _data(layout: Layout, stage: str) -> tuple[list[str], list[str]]:
     """(data deps, outs) of a stage, relative to the root."""
     rel = lambda path: path.relative_to(layout.root).as_posix()  # noqa: E731
     if stage == CHECK_PARAMS:
-        return [rel(layout.params)], [rel(layout.params_checked)]
+        return [], [rel(layout.params_checked)]
     if stage == DOWNLOAD:
         return [rel(layout.params_checked)], [rel(layout.dataset)]
     if stage == REPORT:
@@ -102,7 +102,12 @@ def stage_entry(layout: Layout, stage: str, src: Path) -> dict[str, Any]:
         "cmd": f"PYTHONPATH=src python {rel(layout.script(stage))}",
         "deps": code + data_deps,
     }
-    if keys := stage_param_keys(stage):
+    if stage == CHECK_PARAMS:
+        # Every value of the file, keys no stage reads included (a typo is a new key): a params
+        # dependency rather than a file dependency, so that `dvc exp show` shows the changed keys
+        # themselves instead of one more column of file hashes (and a comment edit reruns nothing).
+        entry["params"] = [{rel(layout.params): None}]
+    elif keys := stage_param_keys(stage):
         entry["params"] = keys
     if stage == CHECK_PARAMS:
         entry["outs"] = [{outs[0]: {"cache": False}}]

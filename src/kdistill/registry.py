@@ -60,7 +60,7 @@ def load_all_params(path: str | Path) -> CoreParams:
 
 
 def check_params(layout: Layout) -> None:
-    """The ``check_params`` stage: runs on any change of params.yaml, before every other stage."""
+    """The ``check_params`` stage: runs on any change of a value (or a new key) in params.yaml, before every other stage."""
     load_all_params(layout.params)
     # Constant content: a valid change reruns this stage but nothing downstream of it.
     write_text(layout.params_checked, "params.yaml is valid\n")
