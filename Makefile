@@ -31,8 +31,11 @@ lint: setup
 	kdistill dvc-yaml --check
 
 # Everything, in random order (pytest-randomly): unit tests, the real `dvc repro`, real servers.
+# Three workers (pytest-xdist; they often wait on servers and subprocesses), a test file each at a
+# time (its module fixtures stay in one worker), and one thread per process: on 2 cores, processes
+# of two busy-waiting threads each fight over the cores (docs/performance.md, "Parallel experiments").
 test: lint
-	pytest
+	OMP_NUM_THREADS=1 pytest -n 3 --dist loadfile --durations=10
 
 # The edit loop: no `dvc repro`, no servers, no stage processes.
 test-fast: setup

@@ -3,7 +3,9 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fakedata import make_cifar10_archive
+from helpers import BIN, copy_project, repro, set_param, sh, state_kept
 from kdistill.entry import configure_process
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -70,3 +73,58 @@ def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A tiny archive in cifar-10-python.tar.gz's exact layout, and its md5."""
     path = tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz"
     return path, make_cifar10_archive(path)
+
+
+PIPELINE_SEEDS = [42, 7]  # a test module may set its own PIPELINE_SEEDS
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    ran: set[str]  # the stages the first `dvc repro` ran
+    commit: str  # the git commit it ran at
+    outputs: Path  # a copy of its metrics/ and models/
+    finished_ms: float  # MLflow runs that started before this are the first run's
+
+
+@pytest.fixture(scope="module")
+def pipeline(request, tmp_path_factory, cifar_archive):
+    """A project copy that has run `dvc repro` once, 1 epoch, on data fetched over loopback HTTP.
+
+    One per test module: `make test` runs the modules in parallel, each with its own copy.
+    """
+    archive, digest = cifar_archive
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    set_param(project, "data.url", f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
+    set_param(project, "data.md5", digest)
+    set_param(project, "train.epochs", 1)
+    set_param(project, "seeds", getattr(request.module, "PIPELINE_SEEDS", PIPELINE_SEEDS))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sh("git", "init", "-q", cwd=project, env=env)
+    sh("git", "config", "user.name", "test", cwd=project, env=env)
+    sh("git", "config", "user.email", "test@example.com", cwd=project, env=env)
+    sh("git", "add", "-A", cwd=project, env=env)
+    sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
+    ran = repro(project, env)
+    # What the first run left, kept aside: other tests change the project, in any order.
+    commit = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
+    first = FirstRun(ran, commit, project.parent / "first-run", time.time() * 1000)
+    for name in ("metrics", "models"):
+        shutil.copytree(project / name, first.outputs / name)
+    yield project, env, first
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def restored(pipeline):
+    """The pipeline, put back as it was after the test (params and outputs), whatever the test changed:
+    tests that change params do not depend on each other or on their order."""
+    project, _, _ = pipeline
+    with state_kept(project):
+        yield pipeline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -114,3 +115,14 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120) -> 
         assert process.poll() is None, f"the server behind {url} exited with {process.returncode}"
         assert time.monotonic() < deadline, f"{url} did not answer within {timeout} s"
         time.sleep(0.3)
+
+
+def repro(project: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc repro` ran, or restored from DVC's run-cache (they changed either way)."""
+    output = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    return {a or b for a, b in re.findall(r"Running stage '(\w+)'|Stage '(\w+)' is cached", output)}
+
+
+def commit_all(project: Path, env: dict[str, str], message: str) -> None:
+    sh("git", "add", "-A", cwd=project, env=env)
+    sh("git", "commit", "-q", "--allow-empty", "-m", message, cwd=project, env=env)

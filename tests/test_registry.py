@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import kdistill
 from conftest import ROOT
 from kdistill.codedeps import SRC, closure, digest
 from kdistill.dvcfile import generate
@@ -45,20 +46,54 @@ def test_adding_student_seeds_does_not_touch_the_teacher():
     assert all("seeds" in stage_param_keys(s) for s in TRAININGS if s != "train_teacher")
 
 
+# Imports the third-party packages once, then forks a child per stage that runs the stage's script
+# as an import (run_name "probe": its `main` does not run) and lists the kdistill modules it loaded.
+# kdistill itself is never imported before the fork: each child loads exactly its stage's modules.
+PROBE = """
+import importlib, json, os, runpy, sys, traceback
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+for stage in sys.argv[1].split(","):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            runpy.run_path(f"stages/{stage}.py", run_name="probe")
+            files = sorted(m.__file__ for n, m in sys.modules.items()
+                           if n.split(".")[0] == "kdistill" and getattr(m, "__file__", None))
+            print(json.dumps({stage: files}), flush=True)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if status:
+        sys.exit(f"probing stage {stage} failed")
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded_modules() -> dict[str, set[str]]:
+    """Per stage, the project files its script loads when imported as the stage would be."""
+    result = subprocess.run([sys.executable, "-c", PROBE, ",".join(STAGES), *kdistill.REQUIRED_MODULES], cwd=ROOT,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src")}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    loaded = {}
+    for line in result.stdout.splitlines():
+        ((stage, files),) = json.loads(line).items()
+        loaded[stage] = {Path(f).resolve().relative_to(ROOT).as_posix() for f in files}
+    assert list(loaded) == STAGES
+    return loaded
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
-def test_code_deps_cover_every_module_the_stage_loads(stage):
+def test_code_deps_cover_every_module_the_stage_loads(stage, loaded_modules):
     """Independent of the static closure: import the script as the stage would and list what loaded."""
     declared = {dep for dep in DVC_YAML[stage]["deps"] if dep.endswith(".py")}
-    probe = ("import json, runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); "
-             "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
-             "if n.split('.')[0] == 'kdistill' and getattr(m, '__file__', None))))")
-    result = subprocess.run([sys.executable, "-c", probe, f"stages/{stage}.py"], cwd=ROOT, capture_output=True,
-                            text=True, env={"PYTHONPATH": str(ROOT / "src")}, timeout=120, check=True)
-    loaded = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(result.stdout)}
     directories = [dep for dep in DVC_YAML[stage]["deps"] if (ROOT / dep).is_dir()]
-    undeclared = {f for f in loaded - declared if not any(f.startswith(f"{d}/") for d in directories)}
+    undeclared = {f for f in loaded_modules[stage] - declared if not any(f.startswith(f"{d}/") for d in directories)}
     assert not undeclared, f"{stage} loads modules dvc.yaml does not list: {sorted(undeclared)}"
+    assert f"stages/{stage}.py" in declared and "src/kdistill/entry.py" in loaded_modules[stage]
 
 
 def test_a_method_stage_depends_on_its_own_method_module_only():

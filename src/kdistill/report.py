@@ -154,7 +154,9 @@ def plot_curves(layout: Layout, path: Path) -> None:
         acc.plot(history["epoch"], history["test_accuracy"], marker="o", label=training.label)
         loss.plot(history["epoch"], history["train_loss"], marker="o", label=training.label)
     acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
-    loss.set(xlabel="epoch", ylabel="training loss (weighted total)", title="Training loss per epoch")
+    # Log scale: the methods' weighted totals differ by an order of magnitude (DKD's beta·T² terms).
+    loss.set(xlabel="epoch", ylabel="training loss (weighted total, log scale)", title="Training loss per epoch",
+             yscale="log")
     acc.legend(fontsize=8)
     _save(fig, path)
 
