@@ -75,6 +75,13 @@ def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, make_cifar10_archive(path)
 
 
+@pytest.fixture(scope="session")
+def slow_archive(tmp_path_factory) -> tuple[Path, str]:
+    """Enough images that a teacher epoch takes a moment, so the kill lands mid-training."""
+    path = tmp_path_factory.mktemp("slow") / "cifar-10-python.tar.gz"
+    return path, make_cifar10_archive(path, per_batch=300, test=100, seed=5)
+
+
 PIPELINE_SEEDS = [42, 7]  # a test module may set its own PIPELINE_SEEDS
 
 
