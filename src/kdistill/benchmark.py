@@ -231,12 +231,12 @@ _NOT_COPIED = (".git", ".venv", "data", "models", "metrics", "mlflow.db", "mlrun
                "cache", "__pycache__", "*.egg-info")
 
 
-def _run(args: list[str], cwd: Path) -> float:
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> float:
     """Seconds ``args`` took; its output goes to a log beside the project copy, shown if it fails."""
     log = cwd.parent / "commands.log"
     started = time.perf_counter()
     with log.open("a") as out:
-        result = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode:
         raise SystemExit(f"benchmark: {' '.join(args)} failed:\n{log.read_text()[-4000:]}")
     return time.perf_counter() - started
@@ -245,7 +245,6 @@ def _run(args: list[str], cwd: Path) -> float:
 def pipeline_benchmark(dataset: ImageDataset, images: int, epochs: int, root: Path) -> pd.DataFrame:
     subset = ImageDataset(dataset.train_images[:images], dataset.train_labels[:images], dataset.test_images,
                           dataset.test_labels, dataset.classes)
-    bin_dir = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory(prefix="kdistill-benchmark-") as tmp:
         subset.save(Path(tmp) / "subset.pt")
         project = Path(tmp) / "project"
@@ -253,21 +252,21 @@ def pipeline_benchmark(dataset: ImageDataset, images: int, epochs: int, root: Pa
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["train"]["epochs"], params["seeds"] = epochs, [42]
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        os.environ.update(env)
+        # The project's tools first on PATH (the stages run `python`); the copy's own MLflow store.
+        env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
         for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark"],
                         ["dvc", "repro", CHECK_PARAMS]):
-            _run(command, project)
+            _run(command, project, env)
         # Both ways start from decoded images: the download stage is recorded as done, not timed.
         shutil.copy(Path(tmp) / "subset.pt", project / "data" / "dataset.pt")
-        _run(["dvc", "commit", "-f", DOWNLOAD], project)
+        _run(["dvc", "commit", "-f", DOWNLOAD], project, env)
         print(f"benchmark: the tutorial's way, {images} images, {epochs} epoch(s) ...", flush=True)
         tutorial = _run([sys.executable, "-m", "kdistill.benchmark", "--tutorial-pipeline", "--dataset",
                          str(Path(tmp) / "subset.pt"), "--epochs", str(epochs), "--params", str(project / "params.yaml")],
-                        project)
+                        project, env)
         print(f"benchmark: the tutorial's way took {tutorial:.1f} s; now `dvc repro` ...", flush=True)
-        ours = _run(["dvc", "repro"], project)
+        ours = _run(["dvc", "repro"], project, env)
         stages = {stage: json.loads((project / "metrics" / "runs" / f"{stage}.json").read_text()) for stage in TRAININGS}
     rows = {"whole pipeline (s)": (tutorial, ours)}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["tutorial's way", "project"])

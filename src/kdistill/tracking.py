@@ -15,7 +15,9 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 
 from kdistill.errors import TrackingError
 
@@ -143,9 +145,6 @@ def log_dataset(name: str, digest: str, source: str, context: str) -> None:
     per stage), where MLflow's own numpy digest samples the first 10,000 values and copies the
     whole array to do so, for every seed.
     """
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
     with warnings.catch_warnings():
         # A local path matches two equivalent registered source types; MLflow warns and picks one.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
