@@ -42,6 +42,26 @@ def test_entry_point_turns_only_the_projects_errors_into_one_line(capsys):
         main("download", bug)
 
 
+def test_a_stage_hides_its_imports_and_results_from_the_garbage_collector():
+    import gc
+
+    from kdistill.entry import main
+
+    frozen_during_run, results = [], []
+
+    def stage() -> None:
+        frozen_during_run.append(gc.get_freeze_count())
+        results.extend([index] for index in range(1000))  # what a stage makes and holds until it exits
+
+    try:
+        main("report", stage)
+        frozen_after = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()  # this test process goes on
+    # Imported modules are frozen before the stage's work, and what it made before the exit.
+    assert frozen_during_run[0] > 10_000 and frozen_after >= frozen_during_run[0] + 1000
+
+
 def test_the_allocator_setting_can_be_switched_off(monkeypatch):
     from kdistill import entry
 

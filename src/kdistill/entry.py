@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -38,8 +39,13 @@ def configure_process() -> None:
 def main(stage: str, run: Callable[[], object]) -> None:
     """Run a stage: expected failures print one line naming the stage and exit 2; bugs keep their traceback."""
     configure_process()
+    # Everything imported so far (torch, MLflow: millions of objects) lives until exit: out of the
+    # garbage collector's sight, neither the collections during training nor the interpreter's
+    # final ones walk it again. Measured here: the exit of a stage took 1.5 s without the second freeze.
+    gc.freeze()
     try:
         run()
+        gc.freeze()
     except KdistillError as error:
         print(f"error: {stage}: {error}", file=sys.stderr)
         sys.exit(2)
