@@ -88,6 +88,7 @@ def test_prepare_writes_the_dataset_atomically(cifar_archive, tmp_path):
     prepare(str(archive), digest, "cifar10", tmp_path / "raw", output)
     loaded = ImageDataset.load(output)
     assert len(loaded.train_labels) == 200 and loaded.classes == CLASSES
+    assert loaded.digests == {split: loaded.digest(split) for split in ("train", "test")}  # recorded, and right
     assert [p.name for p in output.parent.iterdir()] == ["dataset.pt"]
 
 

@@ -6,7 +6,7 @@ import torch
 
 from fakedata import class_images
 from kdistill.baselines import STUDENT_CE
-from kdistill.engine import DeviceImages, cpu_has_bf16, evaluate, resolve_runtime, teacher_outputs, train
+from kdistill.engine import DeviceImages, cpu_has_bf16, evaluate, latency_ms, resolve_runtime, teacher_outputs, train
 from kdistill.errors import ConfigError, TrainingError
 from kdistill.models import DeepNN, LightNN
 from kdistill.objectives import Objective, Shapes, cross_entropy
@@ -59,6 +59,15 @@ def test_teacher_outputs_are_eval_mode_fp32_and_equal_a_live_forward():
     with torch.no_grad():  # the tutorial's per-batch teacher: fp32, batches of 128 (here 7)
         live = torch.cat([teacher(data.inputs(slice(i, i + 7))) for i in range(0, 40, 7)])
     assert torch.allclose(first["logits"], live, rtol=1e-5, atol=1e-5)
+
+
+def test_latency_is_timed_in_eval_mode_and_leaves_the_weights_alone():
+    torch.manual_seed(0)
+    model = LightNN(num_classes=10).train()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    milliseconds = latency_ms(model, CPU32, repeats=3)
+    assert 0 < milliseconds < 60_000 and not model.training  # dropout off, as in any inference
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
 def test_training_learns_and_trains_the_regressor_too():

@@ -3,6 +3,7 @@ over loopback HTTP: every output, the MLflow record, and which stages a params c
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -60,7 +62,10 @@ def test_every_output_is_there_and_self_describing(pipeline):
         assert (kd["diff_low"], kd["diff_high"]) == pytest.approx((low, high))
     assert kd["seeds"] == 2
     assert kd["mlflow_run_ids"].keys() == {"42", "7"} and kd["params"]["distill_kd.T"] == 2
-    assert kd["model_kib"] > 0 and kd["latency_ms"] > 0
+    weights = io.BytesIO()
+    torch.save(load_checkpoint(outputs / "models" / "distill_kd.pt")[0].state_dict(), weights)
+    assert kd["model_kib"] == pytest.approx(weights.getbuffer().nbytes / 1024, rel=0.01) and kd["latency_ms"] > 0
+    assert kd["params"] == load_checkpoint(outputs / "models" / "distill_kd.pt")[1]["params"]
     markdown = (outputs / "metrics" / "report.md").read_text()
     for label in (t.label for t in TRAININGS.values()):
         assert f"| {label} " in markdown

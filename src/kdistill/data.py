@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 from urllib.parse import urlparse
@@ -36,6 +36,7 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 IMAGE_SIZE = 32
+SPLITS = ("train", "test")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,8 +253,12 @@ class ImageDataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: list[str]
+    # Per split, recorded when saved: every training stage logs them, and hashing the 180 MB of
+    # images once in the download stage spares each later stage doing it again.
+    digests: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
+        self.digests = {split: self.digest(split) for split in SPLITS}
         with atomic_path(path) as partial:
             torch.save(self.__dict__, partial)
 
@@ -261,7 +266,8 @@ class ImageDataset:
     def load(cls, path: Path) -> ImageDataset:
         if not path.is_file():
             raise DataError(f"{path}: no prepared dataset; run the download stage first (dvc repro download)")
-        return cls(**torch.load(path, weights_only=True))
+        # Memory-mapped: pages are read as the batches touch them, not all up front.
+        return cls(**torch.load(path, weights_only=True, mmap=True))
 
     def digest(self, split: str) -> str:
         """A hash of every image and label of ``split``: equal exactly when the data is the same."""
@@ -273,7 +279,7 @@ class ImageDataset:
 
     def validate(self) -> None:
         n = len(self.classes)
-        for split in ("train", "test"):
+        for split in SPLITS:
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if len(images) == 0:
                 raise DataError(f"the {split} split is empty")

@@ -67,7 +67,7 @@ def _data(layout: Layout, stage: str) -> tuple[list[str], list[str]]:
     if stage == DOWNLOAD:
         return [rel(layout.params_checked)], [rel(layout.dataset)]
     if stage == REPORT:
-        inputs = [rel(path(s)) for path in (layout.metrics, layout.runs, layout.history, layout.model) for s in TRAININGS]
+        inputs = [rel(path(s)) for path in (layout.metrics, layout.runs, layout.history) for s in TRAININGS]
         return inputs, []
     training = TRAININGS[stage]
     deps = [rel(layout.dataset)]

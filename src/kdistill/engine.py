@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from kdistill.models import ConvClassifier
 from kdistill.objectives import TEACHER_PREFIX, Objective
 
 EVAL_BATCH_SIZE = 1000
+LATENCY_BATCH = 128
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +101,21 @@ def evaluate(model: nn.Module, data: DeviceImages, runtime: Runtime) -> float:
             logits = model(data.inputs(window))
         correct += (logits.argmax(dim=1) == data.labels[window]).sum().item()
     return 100.0 * correct / len(data)
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, runtime: Runtime, repeats: int = 10) -> float:
+    """Median milliseconds per forward pass of LATENCY_BATCH images, where and how the model trained."""
+    model.eval()
+    images = torch.randn(LATENCY_BATCH, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
+    timings = []
+    with runtime.autocast():
+        for repeat in range(3 + repeats):
+            started = time.perf_counter()
+            model(images).float().cpu()  # to the host: on a GPU, the pass has finished when this returns
+            if repeat >= 3:  # the first passes pay one-off kernel selection
+                timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
 
 
 @torch.inference_mode()

@@ -7,6 +7,7 @@ One name per concept: the stage name is the params section, the MLflow run name,
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ from kdistill.checkpoints import save_checkpoint
 from kdistill.codedeps import SRC, closure, digest
 from kdistill.config import CoreParams, load_params
 from kdistill.data import ImageDataset
-from kdistill.engine import DeviceImages, EpochResult, Runtime, resolve_runtime, teacher_outputs, train
+from kdistill.engine import DeviceImages, EpochResult, Runtime, latency_ms, resolve_runtime, teacher_outputs, train
 from kdistill.entry import main
 from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json
@@ -232,7 +233,9 @@ def _load_teacher_outputs(layout: Layout, wanted: frozenset[str], device: torch.
         return {}
     if not layout.teacher_outputs.is_file():
         raise DataError(f"{layout.teacher_outputs}: missing; run the {TEACHER.name} stage first")
-    outputs = torch.load(layout.teacher_outputs, map_location="cpu", weights_only=True)
+    # Memory-mapped: only the outputs this objective reads leave the disk (KD needs the 2 MB of
+    # logits, not the 400 MB of feature maps beside them).
+    outputs = torch.load(layout.teacher_outputs, map_location="cpu", weights_only=True, mmap=True)
     return {name: outputs[name].to(device) for name in sorted(wanted)}
 
 
@@ -252,7 +255,7 @@ def run_training(method: Method, layout: Layout) -> dict[str, object]:
             with atomic_path(layout.teacher_outputs) as partial:
                 torch.save(teacher_outputs(teacher_model, ctx.train_data), partial)
     with clock("outputs"):
-        metrics, runs = _stage_metrics(results, ctx.params, ctx.runtime)
+        metrics, runs = _stage_metrics(results, ctx)
         save_checkpoint(layout.model(method.name), {r.seed: r.model for r in results}, stage=method.name,
                         params=ctx.run_params, metrics={**metrics, **runs}, classes=ctx.dataset.classes,
                         normalization={"mean": list(ctx.params.data.mean), "std": list(ctx.params.data.std)})
@@ -282,11 +285,11 @@ def _context(method: Method, layout: Layout, clock: Stopwatch) -> TrainingContex
         DeviceImages(dataset.train_images, dataset.train_labels, *normalization, runtime.device),
         DeviceImages(dataset.test_images, dataset.test_labels, *normalization, runtime.device),
         _load_teacher_outputs(layout, objective.teacher_outputs, runtime.device), shapes, code_files(method, layout),
-        neutral, {split: dataset.digest(split) for split in ("train", "test")}, clock,
+        neutral, dataset.digests, clock,
     )
 
 
-def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runtime) -> tuple[dict, dict]:
+def _stage_metrics(results: list[SeedResult], ctx: TrainingContext) -> tuple[dict, dict]:
     """(DVC metrics: what a reviewer compares, kept lean for `dvc exp show`; the per-seed record)."""
     accuracies = [r.history[-1].test_accuracy for r in results]
     metrics = {
@@ -295,12 +298,20 @@ def _stage_metrics(results: list[SeedResult], params: CoreParams, runtime: Runti
         "seeds": len(results),
         "parameters": count_parameters(results[0].model),
     }
+    weights = io.BytesIO()
+    torch.save(results[0].model.state_dict(), weights)
     runs = {
         "per_seed": {str(r.seed): r.history[-1].test_accuracy for r in results},
         "mlflow_run_ids": {str(r.seed): r.run_id for r in results},
         "train_loss": float(np.mean([r.history[-1].train_loss for r in results])),
-        "epochs": params.train.epochs,
+        "epochs": ctx.params.train.epochs,
         "wall_time_s": round(time.perf_counter() - kdistill.LOADING_SINCE, 2),
-        "precision": runtime.precision,
+        "precision": ctx.runtime.precision,
+        "device": str(ctx.runtime.device),
+        # What the report shows beside the accuracy: one seed's weights as saved by torch, and its speed.
+        "model_bytes": weights.getbuffer().nbytes,
+        "latency_ms": round(latency_ms(results[0].model.to(ctx.runtime.device, memory_format=torch.channels_last),
+                                       ctx.runtime), 3),
+        "params": ctx.run_params,
     }
     return metrics, runs

@@ -43,15 +43,12 @@ CHECK_PARAMS, DOWNLOAD, REPORT = "check_params", "download", "report"
 STAGES: list[str] = [CHECK_PARAMS, DOWNLOAD, *TRAININGS, REPORT]
 Params = params_model({t.name: t.params for t in TRAININGS.values() if t.params is not None})
 
-# The report's latency depends on where and how it runs the networks.
-REPORT_KEYS = ["train.precision", "train.device"]
-
 
 def stage_param_keys(stage: str) -> list[str]:
     """The params.yaml keys ``stage`` reads (dvc.yaml lists exactly these)."""
     if stage in TRAININGS:
         return TRAININGS[stage].param_keys()
-    return {CHECK_PARAMS: [], DOWNLOAD: list(DOWNLOAD_KEYS), REPORT: REPORT_KEYS}[stage]
+    return {CHECK_PARAMS: [], DOWNLOAD: list(DOWNLOAD_KEYS), REPORT: []}[stage]
 
 
 def load_all_params(path: str | Path) -> CoreParams:

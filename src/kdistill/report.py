@@ -7,10 +7,7 @@ order), with its interval and whether it is distinguishable from zero.
 
 from __future__ import annotations
 
-import io
 import json
-import statistics
-import time
 from pathlib import Path
 
 import matplotlib
@@ -19,22 +16,18 @@ matplotlib.use("Agg")  # files only; no display is needed (or present in CI)
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
-import torch
 
 from kdistill import tracking
 from kdistill.baselines import STUDENT_CE, TEACHER
-from kdistill.checkpoints import load_checkpoint
-from kdistill.config import load_params
-from kdistill.engine import Runtime, resolve_runtime
+from kdistill.engine import LATENCY_BATCH
 from kdistill.entry import main
 from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json, write_text
 from kdistill.layout import Layout, project_root
-from kdistill.registry import METHODS, REPORT, REPORT_KEYS, TRAININGS
+from kdistill.registry import METHODS, REPORT, TRAININGS
 from kdistill.statistics import CONFIDENCE, Interval, verdict
 
 BASELINE = STUDENT_CE.name
-LATENCY_BATCH = 128
 
 
 def _load_metrics(layout: Layout, stage: str) -> dict:
@@ -47,37 +40,20 @@ def _load_metrics(layout: Layout, stage: str) -> dict:
     return loaded
 
 
-def _size_and_latency(layout: Layout, stage: str, runtime: Runtime) -> tuple[int, float, dict]:
-    """Bytes of one seed's weights, and median ms per batch of LATENCY_BATCH images."""
-    model, payload = load_checkpoint(layout.model(stage))
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    model = model.to(runtime.device, memory_format=torch.channels_last).eval()
-    images = torch.randn(LATENCY_BATCH, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
-    timings = []
-    with torch.inference_mode(), runtime.autocast():
-        for repeat in range(13):
-            started = time.perf_counter()
-            model(images).float().cpu()
-            if repeat >= 3:  # the first calls pay one-off kernel selection
-                timings.append((time.perf_counter() - started) * 1000)
-    return buffer.getbuffer().nbytes, statistics.median(timings), payload["params"]
-
-
-def results_table(layout: Layout, runtime: Runtime) -> pd.DataFrame:
+def results_table(layout: Layout) -> pd.DataFrame:
     metrics = {stage: _load_metrics(layout, stage) for stage in TRAININGS}
     baseline = metrics[BASELINE]["per_seed"]
     rows = []
     for stage, training in TRAININGS.items():
         m = metrics[stage]
         accuracy = Interval.of(list(m["per_seed"].values()))
-        size, latency, stage_params = _size_and_latency(layout, stage, runtime)
         row = {
             "stage": stage, "method": training.label, "seeds": accuracy.n, "test_accuracy": accuracy.mean,
             "ci_low": accuracy.low, "ci_high": accuracy.high, "accuracy_text": accuracy.text(),
-            "parameters": m["parameters"], "model_kib": size / 1024, "latency_ms": latency,
+            "parameters": m["parameters"], "model_kib": m["model_bytes"] / 1024, "latency_ms": m["latency_ms"],
             "wall_time_s": m["wall_time_s"], "tutorial_accuracy": training.reference_accuracy,
-            "per_seed": m["per_seed"], "mlflow_run_ids": m["mlflow_run_ids"], "params": stage_params,
+            "per_seed": m["per_seed"], "mlflow_run_ids": m["mlflow_run_ids"], "params": m["params"],
+            "device": m["device"], "precision": m["precision"],
         }
         if stage in METHODS:
             paired = sorted(set(m["per_seed"]) & set(baseline))
@@ -88,7 +64,7 @@ def results_table(layout: Layout, runtime: Runtime) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("stage")
 
 
-def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
+def to_markdown(table: pd.DataFrame) -> str:
     shown = table.reset_index()[["method", "seeds", "accuracy_text", "vs_student_ce_text", "verdict", "parameters",
                                  "model_kib", "latency_ms", "wall_time_s", "tutorial_accuracy"]]
     # "—" where a row has no value: no paired difference (teacher, CE student), no published run.
@@ -122,11 +98,16 @@ def to_markdown(table: pd.DataFrame, runtime: Runtime) -> str:
     return (
         "# Knowledge distillation: results\n\n"
         f"{body}\n\n{caution}\n\n"
-        f"Latency: median of 10 forward passes on {runtime.device} ({runtime.precision}). Size: one seed's weights "
-        "as saved by torch. The regressor of the hint method trains with the student and is not part of it.\n\n"
+        f"Latency: median of 10 forward passes, measured by each training stage on {_runtimes(table)}. Size: one "
+        "seed's weights as saved by torch. The regressor of the hint method trains with the student and is not part of it.\n\n"
         f"Shared params: {shared}\n\n{params}\n\n"
         "![Accuracy per method](report/accuracy.png)\n\n![Per-epoch curves](report/curves.png)\n"
     )
+
+
+def _runtimes(table: pd.DataFrame) -> str:
+    """Where the stages ran, e.g. "cpu (bf16)"; several only if stages ran on different hardware."""
+    return ", ".join(sorted({f"{row['device']} ({row['precision']})" for _, row in table.iterrows()}))
 
 
 def plot_accuracy(table: pd.DataFrame, path: Path) -> None:
@@ -177,16 +158,13 @@ def report_stage() -> None:
 
 
 def run_report(layout: Layout) -> pd.DataFrame:
-    params = load_params(layout.params, only_known_sections=True)
-    runtime = resolve_runtime(params.train.device, params.train.precision)
-    table = results_table(layout, runtime)
+    table = results_table(layout)
     md_path, json_path = layout.root / "metrics" / "report.md", layout.root / "metrics" / "report.json"
     pictures = [layout.report_dir / "accuracy.png", layout.report_dir / "curves.png"]
-    flat = params.flat()
-    with tracking.stage_run(REPORT, {key: flat[key] for key in REPORT_KEYS}, layout.root):
+    with tracking.stage_run(REPORT, {}, layout.root):
         plot_accuracy(table, pictures[0])
         plot_curves(layout, pictures[1])
-        markdown = to_markdown(table, runtime)
+        markdown = to_markdown(table)
         write_text(md_path, markdown)
         summary = {stage: {"test_accuracy": row["test_accuracy"], "seeds": int(row["seeds"]),
                            **({"vs_student_ce": row["vs_student_ce"]} if stage in METHODS else {})}
