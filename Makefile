@@ -32,10 +32,11 @@ lint: setup
 
 # Everything, in random order (pytest-randomly): unit tests, the real `dvc repro`, real servers.
 # Three workers (pytest-xdist; they often wait on servers and subprocesses), a test file each at a
-# time (its module fixtures stay in one worker), and one thread per process: on 2 cores, processes
-# of two busy-waiting threads each fight over the cores (docs/performance.md, "Parallel experiments").
+# time (its module fixtures stay in one worker), the longest files first in the order that
+# tests/conftest.py sets, and one thread per process: on 2 cores, processes of two busy-waiting
+# threads each fight over the cores (docs/performance.md, "Parallel experiments").
 test: lint
-	OMP_NUM_THREADS=1 pytest -n 3 --dist loadfile --durations=10
+	OMP_NUM_THREADS=1 pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=10
 
 # The edit loop: no `dvc repro`, no servers, no stage processes.
 test-fast: setup

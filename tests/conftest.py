@@ -26,11 +26,23 @@ configure_process()  # the same process settings as every stage (kdistill.entry.
 FIXTURE_MARKERS = {"file_server": "server", "pipeline": "e2e", "restored": "e2e", "toy_method_added": "e2e"}
 
 
+# `make test` hands whole files to its three workers (xdist --dist loadfile). By default xdist
+# starts with the files that have the most tests, so the one-test team file started last and kept a
+# worker busy for two minutes after the others had finished. Instead, the files whose tests run
+# whole pipelines go first, longest first (worker seconds measured with `--durations=0`; refresh
+# when they change); the rest follow in pytest-randomly's order, which also orders each file's tests.
+LONGEST_FIRST = ("test_pipeline.py", "test_experiments.py", "test_team.py", "test_faults.py",
+                 "test_tracking_faults.py", "test_benchmark.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in item.fixturenames:
                 item.add_marker(getattr(pytest.mark, marker))
+    # A stable sort on top of pytest-randomly's shuffle (it reorders before this hook runs).
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
 
 
 @dataclass

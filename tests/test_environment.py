@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import kdistill
-from conftest import ROOT
+from conftest import LONGEST_FIRST, ROOT
 from kdistill.codedeps import SRC
 
 
@@ -34,3 +34,8 @@ def test_a_stage_under_a_python_without_the_packages_names_them_and_the_fix():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: this Python") and "torch" in last and "mlflow" in last
     assert ". .venv/bin/activate" in last
+
+
+def test_the_test_schedule_names_test_files_that_exist():
+    # A renamed file would silently lose its place among the longest (and start last again).
+    assert [name for name in LONGEST_FIRST if not (ROOT / "tests" / name).is_file()] == []

@@ -160,7 +160,7 @@ STUDENTS = set(TRAINING_STAGES) - {"train_teacher"}
         ("distill_dkd.beta", 4.0, {"check_params", "distill_dkd", "report"}),
         ("distill_attention.beta", 500.0, {"check_params", "distill_attention", "report"}),
         ("distill_regressor.feature_map_weight", 0.5, {"check_params", "distill_regressor", "report"}),
-        ("seeds", [42, 7, 3], {"check_params", *STUDENTS, "report"}),
+        ("seeds", [7], {"check_params", *STUDENTS, "report"}),  # one seed: the cheapest change of the list
     ],
 )
 def test_a_params_change_reruns_exactly_the_stages_that_read_it(restored, key, value, expected):
