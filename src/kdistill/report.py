@@ -88,8 +88,9 @@ def to_markdown(table: pd.DataFrame) -> str:
         "(same initial weights and batch order as the CE student). A method *helps* only if its whole "
         "interval lies above zero."
     )
+    # In params.yaml's order (the method's own keys come last in param_keys), whatever the record's order.
     params = "\n".join(
-        f"- {row['method']}: " + ", ".join(f"`{k}={v}`" for k, v in row["params"].items()
+        f"- {row['method']}: " + ", ".join(f"`{k}={row['params'][k]}`" for k in TRAININGS[stage].param_keys()
                                             if k.startswith(f"{stage}."))
         for stage, row in table.iterrows() if stage in METHODS
     )
