@@ -224,8 +224,10 @@ def test_review_compares_two_experiments_over_three_seeds(restored):
     commit_all(project, env, "before the review")
     # Only distill_kd (and what it depends on) runs: the other methods keep their two seeds on both sides.
     for name, temperature in (("kd-t2", 2), ("kd-t4", 4)):
-        sh(str(BIN / "dvc"), "exp", "run", "-n", name, "-S", "seeds=[42,7,3]", "-S", f"distill_kd.T={temperature}",
-           "distill_kd", cwd=project, env=env)
+        output = sh(str(BIN / "dvc"), "exp", "run", "-n", name, "-S", "seeds=[42,7,3]", "-S",
+                    f"distill_kd.T={temperature}", "distill_kd", cwd=project, env=env)
+        # The teacher is upstream of distill_kd: a change of the students' seeds must not retrain it.
+        assert set(re.findall(r"Running stage '(\w+)'", output)) == {"check_params", "distill_kd"}, output
     review = [sys.executable, "-m", "kdistill.cli", "review", "--baseline", "kd-t2", "--candidate", "kd-t4"]
     result = subprocess.run([*review, "--fail-on-regression"], cwd=project, capture_output=True, text=True,
                             env={**env, "PYTHONPATH": "src"}, timeout=300)
