@@ -39,9 +39,9 @@ def configure_process() -> None:
 def main(stage: str, run: Callable[[], object]) -> None:
     """Run a stage: expected failures print one line naming the stage and exit 2; bugs keep their traceback."""
     configure_process()
-    # Everything imported so far (torch, MLflow: millions of objects) lives until exit: out of the
-    # garbage collector's sight, neither the collections during training nor the interpreter's
-    # final ones walk it again. Measured here: the exit of a stage took 1.5 s without the second freeze.
+    # Everything imported so far (torch, MLflow: hundreds of thousands of objects) lives until exit:
+    # out of the garbage collector's sight, neither the collections during training nor the
+    # interpreter's final ones walk it again. Measured here: a stage's exit took 1.5 s without freezing.
     gc.freeze()
     try:
         run()
