@@ -1,9 +1,20 @@
+import copy
+
 import pytest
 import torch
+from torch.nn import Conv2d, MaxPool2d, ReLU
 
+from kdistill.benchmark import in_tutorial_order
 from kdistill.checkpoints import load_checkpoint, save_checkpoint
+from kdistill.engine import Runtime
 from kdistill.errors import DataError
 from kdistill.models import DeepNN, LightNN, build_model, count_parameters
+
+# The tutorial's feature extractors, layer by layer, as its code writes them.
+TUTORIAL_FEATURES = {
+    DeepNN: [Conv2d, ReLU, Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, Conv2d, ReLU, MaxPool2d],
+    LightNN: [Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, MaxPool2d],
+}
 
 
 def test_parameter_counts_are_the_tutorials():
@@ -15,6 +26,31 @@ def test_parameter_counts_are_the_tutorials():
 def test_declared_feature_shapes_are_what_the_networks_compute(model, shape):
     # The objectives size their losses (the hint regressor, the cosine pooling) from these declarations.
     assert tuple(model.forward_features(torch.randn(3, 3, 32, 32)).shape) == (3, *shape) == (3, *model.feature_shape)
+
+
+@pytest.mark.parametrize("architecture", [DeepNN, LightNN])
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_pooling_before_the_relu_computes_exactly_what_the_tutorials_order_does(architecture, autocast_dtype):
+    # The networks pool before their ReLUs (faster); outputs and every gradient must still be the
+    # tutorial network's to the bit, dropout included, and its weights load unchanged.
+    torch.manual_seed(0)
+    ours = architecture().to(memory_format=torch.channels_last).train()
+    tutorials = in_tutorial_order(copy.deepcopy(ours))
+    assert [type(layer) for layer in tutorials.features] == TUTORIAL_FEATURES[architecture]
+    assert [type(layer) for layer in ours.features] != TUTORIAL_FEATURES[architecture]
+    assert ours.state_dict().keys() == tutorials.state_dict().keys()
+    runtime = Runtime(torch.device("cpu"), autocast_dtype)
+    images = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for model in (ours, tutorials):
+        torch.manual_seed(1)  # the same dropout masks
+        with runtime.autocast():
+            logits = model(images)
+        logits.float().logsumexp(dim=1).sum().backward()
+        outputs.append((logits, [p.grad for p in model.parameters()]))
+    (ours_logits, ours_grads), (their_logits, their_grads) = outputs
+    assert torch.equal(ours_logits, their_logits)
+    assert all(torch.equal(a, b) for a, b in zip(ours_grads, their_grads, strict=True))
 
 
 def test_same_seed_same_student():

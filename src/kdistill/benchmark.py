@@ -6,9 +6,10 @@
 Both paths run the engine's own ``train_step`` (the code the stages run) on the same prepared
 images, networks, objectives and batch size, on the same device; only the way data reaches the
 step differs, as in the tutorial: there, per-image PIL conversion + ToTensor + Normalize, a
-DataLoader with 2 workers, fp32 NCHW, and the teacher run forward on every distillation batch;
-here, one uint8 tensor on the device normalized per batch, bf16 autocast where native,
-channels_last, and the teacher's outputs cached once. The ratios are what to read (absolute
+DataLoader with 2 workers, fp32 NCHW, the tutorial's layer order (ReLU, then max-pool), and the
+teacher run forward on every distillation batch; here, one uint8 tensor on the device normalized
+per batch, bf16 autocast where native, channels_last, pooling before the ReLU (the same function),
+and the teacher's outputs cached once. The ratios are what to read (absolute
 numbers move with whatever else the machine does). Every distillation method of the registry
 gets a row. Not part of the test suite: it measures, it asserts nothing.
 
@@ -22,6 +23,7 @@ export, the report), both starting from decoded images.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -35,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdistill.config import load_params
@@ -90,10 +93,26 @@ def _loader_batches(dataset: Dataset, shuffle: bool) -> Iterator[tuple[torch.Ten
         yield from DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=shuffle, num_workers=2)
 
 
-def _student(architecture: type[ConvClassifier], objective: Objective, device: torch.device, channels_last: bool,
-             lr: float) -> tuple[ConvClassifier, Objective, torch.optim.Optimizer]:
+def in_tutorial_order(model: ConvClassifier) -> ConvClassifier:
+    """``model`` with the tutorial's layer order, ReLU before each max-pool, in place.
+
+    kdistill.models pools first: the same function and gradients, computed faster. The tutorial's
+    way runs the layers as the tutorial writes them.
+    """
+    layers = list(model.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    model.features = nn.Sequential(*layers)
+    return model
+
+
+def _student(architecture: type[ConvClassifier], objective: Objective, device: torch.device, lr: float, *,
+             tutorials: bool) -> tuple[ConvClassifier, Objective, torch.optim.Optimizer]:
+    """The tutorial's layer order in NCHW, or this project's network in channels_last."""
     torch.manual_seed(0)
-    model = architecture().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = architecture()
+    model = in_tutorial_order(model).to(device) if tutorials else model.to(device, memory_format=torch.channels_last)
     objective = objective.to(device)
     optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=lr)
     return model.train(), objective.train(), optimizer
@@ -104,7 +123,7 @@ def tutorial_way(dataset: ImageDataset, mean: list[float], std: list[float], lr:
     fp32 = Runtime(device, None)
     loader = _loader_batches(PILImages(dataset.train_images, dataset.train_labels, mean, std), shuffle=True)
     results = {}
-    model, objective, optimizer = _student(DeepNN, Objective([cross_entropy()]), device, False, lr)
+    model, objective, optimizer = _student(DeepNN, Objective([cross_entropy()]), device, lr, tutorials=True)
 
     def teacher_step() -> int:
         inputs, labels = (t.to(device) for t in next(loader))
@@ -112,10 +131,10 @@ def tutorial_way(dataset: ImageDataset, mean: list[float], std: list[float], lr:
         return len(inputs)
 
     results["teacher training"] = _timed(teacher_step, max(batches // 2, 3), device)
-    teacher = teacher.to(device).eval()
+    teacher = in_tutorial_order(copy.deepcopy(teacher)).to(device).eval()
     for name, method in METHODS.items():
-        student, objective, optimizer = _student(LightNN, method.build_objective(method.params(), SHAPES), device,
-                                                 False, lr)
+        student, objective, optimizer = _student(LightNN, method.build_objective(method.params(), SHAPES), device, lr,
+                                                 tutorials=True)
 
         def distill_step(student=student, objective=objective, optimizer=optimizer) -> int:
             inputs, labels = (t.to(device) for t in next(loader))
@@ -156,7 +175,7 @@ def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: 
     def batch_index(size: int) -> torch.Tensor:
         return torch.randint(0, size, (BATCH_SIZE,), generator=generator).to(device)
 
-    model, objective, optimizer = _student(DeepNN, Objective([cross_entropy()]), device, True, lr)
+    model, objective, optimizer = _student(DeepNN, Objective([cross_entropy()]), device, lr, tutorials=False)
 
     def teacher_step() -> int:
         index = batch_index(len(train_data))
@@ -174,8 +193,8 @@ def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: 
     _synchronize(device)
     results["teacher outputs cache (once per teacher)"] = len(subset) / (time.perf_counter() - started)
     for name, method in METHODS.items():
-        student, objective, optimizer = _student(LightNN, method.build_objective(method.params(), SHAPES), device,
-                                                 True, lr)
+        student, objective, optimizer = _student(LightNN, method.build_objective(method.params(), SHAPES), device, lr,
+                                                 tutorials=False)
 
         def distill_step(student=student, objective=objective, optimizer=optimizer) -> int:
             index = batch_index(len(subset))
@@ -218,12 +237,13 @@ def tutorial_pipeline(dataset: ImageDataset, mean: list[float], std: list[float]
     test = DataLoader(PILImages(dataset.test_images, dataset.test_labels, mean, std), batch_size=BATCH_SIZE,
                       num_workers=2)
     torch.manual_seed(42)
-    teacher = DeepNN().to(device)
+    teacher = in_tutorial_order(DeepNN()).to(device)
     _train_and_test_the_tutorials_way(teacher, Objective([cross_entropy()]), train, test, epochs, lr, device)
     for method in [None, *METHODS.values()]:
         torch.manual_seed(42)
         objective = Objective([cross_entropy()]) if method is None else method.build_objective(method.params(), SHAPES)
-        _train_and_test_the_tutorials_way(LightNN().to(device), objective.to(device), train, test, epochs, lr, device,
+        student = in_tutorial_order(LightNN()).to(device)
+        _train_and_test_the_tutorials_way(student, objective.to(device), train, test, epochs, lr, device,
                                           None if method is None else teacher)
 
 
