@@ -121,6 +121,9 @@ def pipeline(request, tmp_path_factory, cifar_archive):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     set_param(project, "data.url", f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
     set_param(project, "data.md5", digest)
+    # All three keys of the source: the checkout's params.yaml may point elsewhere (the README's
+    # offline `make pipeline DATA=… DATA_FORMAT=imagefolder` writes them).
+    set_param(project, "data.format", "cifar10")
     set_param(project, "train.epochs", 1)
     set_param(project, "seeds", getattr(request.module, "PIPELINE_SEEDS", PIPELINE_SEEDS))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",

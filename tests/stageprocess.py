@@ -28,7 +28,7 @@ def make_project(path: Path, archive: Path, digest: str, epochs: int) -> Path:
         copy(ROOT / name, path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
                                           if (ROOT / name).is_dir() else {}))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(url=str(archive), md5=digest)
+    params["data"].update(url=str(archive), md5=digest, format="cifar10")
     params["train"]["epochs"] = epochs
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     prepare(str(archive), digest, "cifar10", path / "data" / "raw", path / "data" / "dataset.pt")

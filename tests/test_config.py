@@ -16,12 +16,20 @@ def defaults() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+def committed() -> dict:
+    """params.yaml as committed: `dvc exp run -S` (and the README's offline `make pipeline DATA=…`)
+    rewrite the working copy, and what a user tries is not what the project ships."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
+                           check=False)
+    return yaml.safe_load(shown.stdout) if shown.returncode == 0 else defaults()
+
+
 def parse(raw: dict):
     return parse_params(raw, Params)
 
 
 def test_defaults_are_the_tutorials_and_the_papers():
-    params = load_all_params(ROOT / "params.yaml")
+    params = parse(committed())
     assert params.seeds == [42] and params.train_teacher.seed == 42
     assert (params.train.epochs, params.train.batch_size, params.train.lr) == (10, 128, 0.001)
     assert (params.distill_kd.T, params.distill_kd.soft_target_loss_weight, params.distill_kd.ce_loss_weight) == (2, 0.25, 0.75)
@@ -36,9 +44,10 @@ def test_defaults_are_the_tutorials_and_the_papers():
 
 @pytest.mark.parametrize("name", sorted(TRAININGS))
 def test_params_yaml_holds_each_methods_declared_defaults(name):
+    # The committed file, or the working copy while a change of a default is being made.
     model = TRAININGS[name].params
     if model is not None:
-        assert defaults()[name] == model().model_dump()
+        assert model().model_dump() in (committed()[name], defaults()[name])
 
 
 @pytest.mark.parametrize(
@@ -104,7 +113,7 @@ def test_a_stage_reads_its_own_section_and_ignores_the_others(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     kd = METHODS["distill_kd"]
     params = load_params(tmp_path / "params.yaml", {kd.name: kd.params}, only_known_sections=True)
-    assert params.section("distill_kd").T == 2 and not hasattr(params, "distill_dkd")
+    assert raw["distill_kd"]["T"] == params.section("distill_kd").T and not hasattr(params, "distill_dkd")
     with pytest.raises(ConfigError, match="distill_dkd.T"):
         load_all_params(tmp_path / "params.yaml")
 
