@@ -20,14 +20,40 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def committed_params() -> dict:
+    """params.yaml as committed (the working copy outside git)."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
+                           check=False)
+    return yaml.safe_load(shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text())
+
+
+def shipped_params() -> dict:
+    """The params a fresh clone of this code runs with, whatever experiments did to the checkout.
+
+    `dvc exp run -S` and the README's offline `make pipeline DATA=…` rewrite params.yaml: the tests
+    start from the committed shared sections and from every registered training's declared
+    defaults instead (a method being added, not committed yet, included).
+    """
+    from kdistill.registry import TRAININGS
+
+    params = committed_params()
+    for name, training in TRAININGS.items():
+        if training.params is not None:
+            params[name] = training.params().model_dump()
+    return params
+
+
 def copy_project(destination: Path) -> Path:
+    """The project's code and configuration, without its results, with ``shipped_params()``."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        if name == "dvc.lock" or name.startswith(("metrics/", "models/")) or not (ROOT / name).is_file():
+        if name in ("dvc.lock", "params.yaml") or name.startswith(("metrics/", "models/")) \
+                or not (ROOT / name).is_file():
             continue  # start from nothing: the project's own results must not leak in
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, destination / name)
+    (destination / "params.yaml").write_text(yaml.safe_dump(shipped_params(), sort_keys=False))
     return destination
 
 

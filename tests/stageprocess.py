@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, shipped_params
 from kdistill.data import prepare
 
 STAGE = "train_teacher"
@@ -27,7 +27,7 @@ def make_project(path: Path, archive: Path, digest: str, epochs: int) -> Path:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
                                           if (ROOT / name).is_dir() else {}))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = shipped_params()
     params["data"].update(url=str(archive), md5=digest, format="cifar10")
     params["train"]["epochs"] = epochs
     (path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from helpers import with_value
+from helpers import committed_params, with_value
 from kdistill.config import load_params, parse_params
 from kdistill.errors import ConfigError
 from kdistill.registry import METHODS, TRAININGS, Params, load_all_params
@@ -16,20 +16,13 @@ def defaults() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def committed() -> dict:
-    """params.yaml as committed: `dvc exp run -S` (and the README's offline `make pipeline DATA=…`)
-    rewrite the working copy, and what a user tries is not what the project ships."""
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
-                           check=False)
-    return yaml.safe_load(shown.stdout) if shown.returncode == 0 else defaults()
-
-
 def parse(raw: dict):
     return parse_params(raw, Params)
 
 
 def test_defaults_are_the_tutorials_and_the_papers():
-    params = parse(committed())
+    # As committed: experiments rewrite the working copy, and what a user tries is not what ships.
+    params = parse(committed_params())
     assert params.seeds == [42] and params.train_teacher.seed == 42
     assert (params.train.epochs, params.train.batch_size, params.train.lr) == (10, 128, 0.001)
     assert (params.distill_kd.T, params.distill_kd.soft_target_loss_weight, params.distill_kd.ce_loss_weight) == (2, 0.25, 0.75)
@@ -47,7 +40,7 @@ def test_params_yaml_holds_each_methods_declared_defaults(name):
     # The committed file, or the working copy while a change of a default is being made.
     model = TRAININGS[name].params
     if model is not None:
-        assert model().model_dump() in (committed()[name], defaults()[name])
+        assert model().model_dump() in (committed_params()[name], defaults()[name])
 
 
 @pytest.mark.parametrize(

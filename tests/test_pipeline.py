@@ -84,6 +84,10 @@ def test_dvc_sees_metrics_and_plots(pipeline):
     assert "metrics/distill_kd.json" in files
     plots = sh(str(BIN / "dvc"), "plots", "show", "--json", cwd=project, env=env)
     assert "test_accuracy" in plots and "train_loss" in plots
+    sh(str(BIN / "dvc"), "plots", "show", cwd=project, env=env)  # as the README shows it: HTML
+    assert (project / "dvc_plots" / "index.html").is_file()
+    # A rendering, not a result: `git add -A && git commit` (docs/team.md) must not pick it up.
+    assert "dvc_plots" not in sh("git", "status", "--porcelain", "--untracked-files=all", cwd=project, env=env)
 
 
 def test_mlflow_has_one_run_per_stage_and_seed_with_params_metrics_and_model(pipeline):

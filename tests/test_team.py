@@ -108,6 +108,7 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
     sh("git", "init", "-q", "-b", "main", cwd=seed, env=env)
     set_param(seed, "data.url", str(archive))
     set_param(seed, "data.md5", digest)
+    set_param(seed, "data.format", "cifar10")
     set_param(seed, "train.epochs", 1)
     set_param(seed, "seeds", [42])
     sh(DVC, "remote", "add", "-d", "storage", str(storage), cwd=seed, env=env)
