@@ -53,6 +53,7 @@ def copy_project(destination: Path) -> Path:
             continue  # start from nothing: the project's own results must not leak in
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, destination / name)
+    destination.mkdir(parents=True, exist_ok=True)
     (destination / "params.yaml").write_text(yaml.safe_dump(shipped_params(), sort_keys=False))
     return destination
 
