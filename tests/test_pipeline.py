@@ -82,10 +82,9 @@ def test_dvc_sees_metrics_and_plots(pipeline):
     shown = json.loads(sh(str(BIN / "dvc"), "metrics", "show", "--json", cwd=project, env=env))
     files = next(iter(shown.values()))["data"]
     assert "metrics/distill_kd.json" in files
-    plots = sh(str(BIN / "dvc"), "plots", "show", "--json", cwd=project, env=env)
-    assert "test_accuracy" in plots and "train_loss" in plots
     sh(str(BIN / "dvc"), "plots", "show", cwd=project, env=env)  # as the README shows it: HTML
-    assert (project / "dvc_plots" / "index.html").is_file()
+    page = (project / "dvc_plots" / "index.html").read_text()
+    assert "test_accuracy" in page and "train_loss" in page
     # A rendering, not a result: `git add -A && git commit` (docs/team.md) must not pick it up.
     assert "dvc_plots" not in sh("git", "status", "--porcelain", "--untracked-files=all", cwd=project, env=env)
 
