@@ -9,9 +9,9 @@ step differs, as in the tutorial: there, per-image PIL conversion + ToTensor + N
 DataLoader with 2 workers, fp32 NCHW, the tutorial's layer order (ReLU, then max-pool), and the
 teacher run forward on every distillation batch; here, one uint8 tensor on the device normalized
 per batch, bf16 autocast where native, channels_last, pooling before the ReLU (the same function),
-and the teacher's outputs cached once. The ratios are what to read (absolute
-numbers move with whatever else the machine does). Every distillation method of the registry
-gets a row. Not part of the test suite: it measures, it asserts nothing.
+and the teacher's outputs cached once. The ratios are what to read (absolute numbers move with
+whatever else the machine does). Every distillation method of the registry gets a row. Not part
+of the test suite: it measures, it asserts nothing.
 
 ``--pipeline`` times every training end to end, both ways, one after the other on the first
 ``--images`` training images (all test images): the tutorial's notebook (one process: teacher, CE
