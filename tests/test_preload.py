@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,7 @@ def _sockets(runtime: Path) -> list[Path]:
 
 
 def test_a_script_runs_in_a_fork_of_the_preloaded_process_as_if_it_were_its_own(checkout, runtime):
+    before = set(_sockets(runtime))
     first = _run(checkout, runtime, "report", "3", stdin="line from stdin\n", COLOR="blue")
     assert first.returncode == 3, first.stderr
     report = json.loads(first.stdout)
@@ -102,14 +104,14 @@ def test_a_script_runs_in_a_fork_of_the_preloaded_process_as_if_it_were_its_own(
     assert report["color"] == "blue" and report["stdin"] == "line from stdin"
     assert report["switch"] == "0", "what the worker starts must run in its own process"
     assert report["kdistill"] == str(checkout / "src" / "kdistill" / "__init__.py")
-    (socket_file,) = _sockets(runtime)
+    (socket_file,) = set(_sockets(runtime)) - before
     identity = socket_file.stat().st_ino
 
     # The next stage, with the variables DVC sets per stage: the same server, a new worker.
     second = _run(checkout, runtime, "report", "0", COLOR="blue", DVC_STAGE="distill_kd", DVC_ROOT=str(checkout))
     assert second.returncode == 0 and json.loads(second.stdout)["preloaded"]
     assert json.loads(second.stdout)["pid"] != report["pid"]
-    assert [s.stat().st_ino for s in _sockets(runtime)] == [identity], "the second stage started a second server"
+    assert [s.stat().st_ino for s in set(_sockets(runtime)) - before] == [identity], "the next stage started a server"
 
 
 def test_each_stage_imports_the_project_from_its_own_checkout(tmp_path, runtime):
@@ -181,8 +183,8 @@ def test_a_stage_trains_the_same_model_preloaded_or_not(tmp_path, runtime, cifar
         env = {**stage_env(), "XDG_RUNTIME_DIR": str(runtime), preload.SWITCH: switch}
         run = subprocess.run(stage_command(STAGE), cwd=project, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
-        if name == "warm server":
-            assert "start-up 0.0" in run.stdout or "start-up 0.1" in run.stdout, run.stdout  # forked, nothing to import
+        if name == "warm server":  # forked: nothing left to import (on its own, about 3.5 s at the least)
+            assert float(re.search(r"start-up ([0-9.]+)", run.stdout)[1]) < 1.5, run.stdout
         checkpoint = torch.load(project / "models" / f"{STAGE}.pt", weights_only=True)
         results.append((checkpoint["state_dicts"][42], json.loads((project / "metrics" / f"{STAGE}.json").read_text())))
     (weights, metrics), *forked = results
@@ -211,5 +213,5 @@ def test_the_server_key_ignores_only_what_dvc_and_the_shell_set_per_stage(monkey
     for name, value in (("DVC_STAGE", "distill_kd"), ("DVC_EXP_NAME", "exp-1"), ("PWD", "/elsewhere"), ("SHLVL", "3")):
         monkeypatch.setenv(name, value)
         assert preload._key() == key, name
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read when torch is imported: another server
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # read when torch is imported: another server
     assert preload._key() != key
