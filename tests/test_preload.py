@@ -215,3 +215,19 @@ def test_the_server_key_ignores_only_what_dvc_and_the_shell_set_per_stage(monkey
         assert preload._key() == key, name
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # read when torch is imported: another server
     assert preload._key() != key
+
+
+def test_waiting_for_a_starting_server_gives_up_at_its_deadline(tmp_path):
+    held, waiting = (os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT) for _ in range(2))
+    try:
+        assert preload._lock(held, None)
+        started = time.monotonic()
+        assert not preload._lock(waiting, None) and not preload._lock(waiting, started + 0.2)
+        assert 0.2 <= time.monotonic() - started < 5
+        os.close(held)  # the server listens (or died): the waiting stage gets the lock
+        held = -1
+        assert preload._lock(waiting, time.monotonic() + 5)
+    finally:
+        for fd in (held, waiting):
+            if fd >= 0:
+                os.close(fd)

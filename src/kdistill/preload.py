@@ -8,9 +8,9 @@ directory, environment and arguments, and exits with the status of the worker th
 it. The worker becomes that process (streams, directory, environment, arguments) and runs the script
 from its start. What keeps this exactly equivalent to a fresh process:
 
-- Only third-party packages are preloaded (``PRELOADED``). The server drops kdistill before it serves:
-  every worker imports the project's code afresh from the stage's own checkout, which is the code
-  DVC hashed as the stage's deps.
+- Only third-party packages are preloaded (``PRELOADED``); the server runs this file as a script and
+  checks that kdistill was never imported: every worker imports the project's code afresh from the
+  stage's own checkout, which is the code DVC hashed as the stage's deps.
 - One server per interpreter, environment and version of this file: variables read when a package
   is imported (``OMP_NUM_THREADS``, ``MLFLOW_*``, ...) are the same as the stage's. The ones DVC sets
   per stage and per experiment (``DVC_*``) and the shell's own are left out of the key (none of the
@@ -56,7 +56,7 @@ PRELOADED = ("torch", "torch._dynamo", "torch.export", "mlflow", "mlflow.pytorch
 # same training ran 20% slower here. Neither is used for the stages' arithmetic (torch's own).
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 IDLE_SECONDS = 60.0
-START_SECONDS = 120.0
+START_SECONDS = 120.0  # the longest a stage waits for a server to preload before it imports for itself
 # Set per stage or per experiment by DVC, or by the shell that runs the stage's command.
 UNKEYED = ("PWD", "OLDPWD", "SHLVL", "_")
 _SERVER_PID = -1
@@ -145,12 +145,12 @@ def _start_server(path: Path, wait: bool) -> socket.socket | None:
     The lock file is held by whoever starts a server, then by the server itself until it listens:
     a stage that comes meanwhile waits for that server instead of starting another.
     """
-    lock_path = path.with_suffix(".lock")
+    lock_path, log = path.with_suffix(".lock"), path.with_suffix(".log")
     lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if not _lock(lock, time.monotonic() + START_SECONDS if wait else None):
+            if wait:
+                raise UnavailableError(f"another stage's preload server was not ready within {START_SECONDS:.0f} s")
             return None  # one is starting; not waiting for it
         connection = _try_connect(path)  # one became ready while this stage waited for the lock
         if connection is not None:
@@ -162,13 +162,28 @@ def _start_server(path: Path, wait: bool) -> socket.socket | None:
         return None
     lock = os.open(lock_path, os.O_RDWR)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # granted once the server listens, or has died
-        connection = _try_connect(path)
+        ready = _lock(lock, time.monotonic() + START_SECONDS)  # granted once the server listens, or has died
+        connection = _try_connect(path) if ready else None
     finally:
         os.close(lock)
     if connection is None:
-        raise UnavailableError(f"the preload server exited with status {server.wait()} (its log: {path.with_suffix('.log')})")
+        if not ready:
+            server.kill()
+            raise UnavailableError(f"the preload server was not ready within {START_SECONDS:.0f} s (its log: {log})")
+        raise UnavailableError(f"the preload server exited with status {server.wait()} (its log: {log})")
     return connection
+
+
+def _lock(fd: int, deadline: float | None) -> bool:
+    """Take the exclusive lock on ``fd``; False if that is not possible by ``deadline`` (None: at once)."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if deadline is None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
 
 def _spawn(path: Path, lock: int) -> subprocess.Popen:
@@ -199,6 +214,7 @@ def _run_in_worker(connection: socket.socket, script: str) -> int:
     request = {"script": os.path.abspath(script), "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ),
                "path": [os.path.abspath(p) for p in sys.path], "umask": _umask(), "since": kdistill.LOADING_SINCE}
     socket.send_fds(connection, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+
     def forward(signum: int, frame: object) -> None:
         with suppress(OSError):
             connection.sendall(f"{signum}\n".encode())
