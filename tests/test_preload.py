@@ -151,9 +151,16 @@ def test_killing_the_stage_process_kills_its_worker(checkout, runtime, tmp_path)
     client.kill()
     client.wait()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{worker}").exists() and (Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z"):
+    while _alive(worker):
         assert time.monotonic() < deadline, "the worker outlived its stage process"
         time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
 
 
 def test_ctrl_c_reaches_the_worker(checkout, runtime, tmp_path):
