@@ -46,19 +46,35 @@ def test_runtime_resolution():
             resolve_runtime("cuda", "auto")
 
 
+def live_teacher(teacher: DeepNN, data: DeviceImages, runtime) -> torch.Tensor:
+    """The tutorial's per-batch teacher forward (batches of 128 there, 7 here) under ``runtime``'s precision."""
+    with torch.no_grad(), runtime.autocast():
+        return torch.cat([teacher(data.inputs(slice(i, i + 7))).float() for i in range(0, len(data), 7)])
+
+
 def test_teacher_outputs_are_eval_mode_fp32_and_equal_a_live_forward():
     torch.manual_seed(0)
     teacher = DeepNN()
     teacher.train()  # dropout would make two passes differ; teacher_outputs must switch it off
     data = split(40, 0)
-    first = teacher_outputs(teacher, data)
-    second = teacher_outputs(teacher, data)
+    first = teacher_outputs(teacher, data, CPU32)
+    second = teacher_outputs(teacher, data, CPU32)
     assert not teacher.training and torch.equal(first["logits"], second["logits"])
     assert first["logits"].dtype == first["features"].dtype == torch.float32
     assert tuple(first["features"].shape) == (40, *DeepNN.feature_shape)
-    with torch.no_grad():  # the tutorial's per-batch teacher: fp32, batches of 128 (here 7)
-        live = torch.cat([teacher(data.inputs(slice(i, i + 7))) for i in range(0, 40, 7)])
-    assert torch.allclose(first["logits"], live, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(first["logits"], live_teacher(teacher, data, CPU32), rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_outputs_follow_the_training_precision():
+    torch.manual_seed(0)
+    teacher, data, bf16 = DeepNN(), split(40, 0), resolve_runtime("cpu", "bf16")
+    fp32, rounded = teacher_outputs(teacher, data, CPU32), teacher_outputs(teacher, data, bf16)
+    assert rounded["logits"].dtype == rounded["features"].dtype == torch.float32  # stored in fp32 either way
+    # bf16 values: each stored number survives a round trip through bfloat16
+    assert torch.equal(rounded["features"], rounded["features"].bfloat16().float())
+    assert torch.allclose(rounded["logits"], live_teacher(teacher, data, bf16), rtol=0.02, atol=0.02)
+    assert not torch.equal(rounded["logits"], fp32["logits"])
+    assert torch.allclose(rounded["logits"], fp32["logits"], rtol=0.05, atol=0.05)
 
 
 def test_latency_is_timed_in_eval_mode_and_leaves_the_weights_alone():
@@ -73,7 +89,7 @@ def test_latency_is_timed_in_eval_mode_and_leaves_the_weights_alone():
 def test_training_learns_and_trains_the_regressor_too():
     torch.manual_seed(0)
     train_data, test_data = split(200, 1), split(100, 2)
-    teacher = teacher_outputs(DeepNN(), train_data)
+    teacher = teacher_outputs(DeepNN(), train_data, CPU32)
     torch.manual_seed(0)
     student = LightNN()
     hint = objective("distill_regressor")
@@ -118,7 +134,7 @@ def test_same_seed_same_result():
         torch.manual_seed(3)
         history = train(LightNN(), objective("distill_kd"), split(64, 1), split(30, 2), CPU32, stage="distill_kd",
                         epochs=2, batch_size=16, lr=0.001, seed=3,
-                        teacher=teacher_outputs(DeepNN(), split(64, 1)))
+                        teacher=teacher_outputs(DeepNN(), split(64, 1), CPU32))
         return [r.train_loss for r in history] + [r.test_accuracy for r in history]
 
     assert run() == run()
@@ -138,7 +154,7 @@ def test_non_finite_loss_stops_naming_stage_epoch_and_first_bad_batch():
 def test_a_resumed_distillation_continues_its_trained_regressor_exactly():
     torch.manual_seed(0)
     train_data, test_data = split(96, 1), split(30, 2)
-    teacher = teacher_outputs(DeepNN(), train_data)
+    teacher = teacher_outputs(DeepNN(), train_data, CPU32)
 
     def fresh() -> tuple[LightNN, Objective]:
         torch.manual_seed(5)  # the stage seeds before building both

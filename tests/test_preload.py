@@ -25,7 +25,7 @@ pytestmark = pytest.mark.server
 # `preloaded` is read before anything is imported: true only in a fork of the preload server.
 SCRIPT = """\
 import sys
-preloaded = "torch" in sys.modules
+preloaded, at_start = "torch" in sys.modules, set(sys.modules)
 from kdistill.preload import hand_off
 
 if __name__ == "__main__":
@@ -33,13 +33,18 @@ if __name__ == "__main__":
 
 import json, os, signal, time
 import kdistill
+from kdistill import preload
 
 if __name__ == "__main__":
     action = sys.argv[1]
     if action == "report":
+        from mlflow.utils import requirements_utils
+
         print(json.dumps({"preloaded": preloaded, "cwd": os.getcwd(), "argv": sys.argv, "pid": os.getpid(),
                           "color": os.environ.get("COLOR"), "switch": os.environ.get("KDISTILL_PRELOAD"),
-                          "stdin": sys.stdin.readline().strip(), "kdistill": kdistill.__file__}), flush=True)
+                          "stdin": sys.stdin.readline().strip(), "kdistill": kdistill.__file__,
+                          "not preloaded": [name for name in preload.PRELOADED if name not in at_start],
+                          "package map": requirements_utils._MODULES_TO_PACKAGES is not None}), flush=True)
         sys.exit(int(sys.argv[2]))
     if action == "raise":
         raise ValueError("boom")
@@ -100,6 +105,7 @@ def test_a_script_runs_in_a_fork_of_the_preloaded_process_as_if_it_were_its_own(
     assert first.returncode == 3, first.stderr
     report = json.loads(first.stdout)
     assert report["preloaded"], "the script ran in its own process, not in a preloaded fork"
+    assert report["not preloaded"] == [] and report["package map"], "the worker would import or scan again"
     assert report["cwd"] == str(checkout) and report["argv"] == ["stage.py", "report", "3"]
     assert report["color"] == "blue" and report["stdin"] == "line from stdin"
     assert report["switch"] == "0", "what the worker starts must run in its own process"

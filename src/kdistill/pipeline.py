@@ -253,7 +253,7 @@ def run_training(method: Method, layout: Layout) -> dict[str, object]:
         with clock("teacher outputs cache"):
             teacher_model = results[0].model.to(ctx.runtime.device, memory_format=torch.channels_last)
             with atomic_path(layout.teacher_outputs) as partial:
-                torch.save(teacher_outputs(teacher_model, ctx.train_data), partial)
+                torch.save(teacher_outputs(teacher_model, ctx.train_data, ctx.runtime), partial)
     with clock("outputs"):
         metrics, runs = _stage_metrics(results, ctx)
         save_checkpoint(layout.model(method.name), {r.seed: r.model for r in results}, stage=method.name,

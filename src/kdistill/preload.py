@@ -46,8 +46,10 @@ from pathlib import Path
 
 SWITCH = "KDISTILL_PRELOAD"
 # What the stages import beyond the standard library, and what torch and MLflow import lazily on
-# first use: torch._dynamo (the first optimizer, torch.export) and MLflow's SQL store.
-PRELOADED = ("torch", "torch._dynamo", "torch.export", "mlflow", "mlflow.pytorch",
+# first use: torch._dynamo (the first optimizer), MLflow's SQL store, and what logging a model
+# needs (torch.export's tracer with inductor's IR and sympy, MLflow's pyfunc serving checks).
+PRELOADED = ("torch", "torch._dynamo", "torch.export", "torch.export._trace", "torch._inductor.ir", "mlflow",
+             "mlflow.pytorch", "mlflow.pyfunc.scoring_server", "mlflow.models.display_utils",
              "mlflow.store.tracking.sqlalchemy_store", "pandas", "scipy.special", "matplotlib.pyplot", "PIL.Image",
              "pydantic", "yaml", "tqdm")
 # Fork only from a single-threaded process (the server checks). Two packages start threads when
@@ -266,6 +268,7 @@ def serve(path: Path, lock: int) -> None:
 
     for name in PRELOADED:
         __import__(name)
+    _warm_caches()
     import torch
 
     if torch.cuda.is_initialized():
@@ -294,6 +297,17 @@ def serve(path: Path, lock: int) -> None:
         _retire(path, identity, listener)
     if refused is not None:  # after retiring: the stage's next try starts a fresh server
         refused.sendall(b"stale\n")
+
+
+def _warm_caches() -> None:
+    """Fill the caches that every stage would otherwise fill again in its worker."""
+    # Logging a model, MLflow checks its pip requirements against the environment, mapping every
+    # installed distribution's files to modules first: 0.4 s here, once per process, with no
+    # switch. The map changes only when packages are installed; a reinstalled torch (the models'
+    # one requirement) changes preloaded files, which retires the server.
+    from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+    _init_modules_to_packages_map()
 
 
 def _serve(listener: socket.socket, loaded: dict[str, tuple[int, int]]) -> socket.socket | None:
