@@ -16,8 +16,8 @@ of the test suite: it measures, it asserts nothing.
 ``--pipeline`` times every training end to end, both ways, one after the other on the first
 ``--images`` training images (all test images): the tutorial's notebook (one process: teacher, CE
 student, then each method with its per-batch teacher forward, each evaluated on the test set)
-against `dvc repro` in a temporary copy of this project (a process per stage, MLflow tracking, model
-export, the report), both starting from decoded images.
+against `dvc repro` in a temporary copy of this project (a process per stage, params validation,
+MLflow tracking, model export, the report), both starting from decoded images.
 """
 
 from __future__ import annotations
@@ -269,9 +269,6 @@ def pipeline_benchmark(dataset: ImageDataset, images: int, epochs: int, root: Pa
         subset.save(Path(tmp) / "subset.pt")
         project = Path(tmp) / "project"
         shutil.copytree(root, project, ignore=shutil.ignore_patterns(*_NOT_COPIED))
-        params = yaml.safe_load((project / "params.yaml").read_text())
-        params["train"]["epochs"], params["seeds"] = epochs, [42]
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         # The project's tools first on PATH (the stages run `python`); the copy's own MLflow store.
         env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -281,6 +278,10 @@ def pipeline_benchmark(dataset: ImageDataset, images: int, epochs: int, root: Pa
         # Both ways start from decoded images: the download stage is recorded as done, not timed.
         shutil.copy(Path(tmp) / "subset.pt", project / "data" / "dataset.pt")
         _run(["dvc", "commit", "-f", DOWNLOAD], project, env)
+        # Then the benchmark's params: the timed `dvc repro` validates them first, as after any edit.
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["train"]["epochs"], params["seeds"] = epochs, [42]
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         print(f"benchmark: the tutorial's way, {images} images, {epochs} epoch(s) ...", flush=True)
         tutorial = _run([sys.executable, "-m", "kdistill.benchmark", "--tutorial-pipeline", "--dataset",
                          str(Path(tmp) / "subset.pt"), "--epochs", str(epochs), "--params", str(project / "params.yaml")],
