@@ -134,8 +134,7 @@ def teacher_outputs(teacher: ConvClassifier, data: DeviceImages, runtime: Runtim
         with runtime.autocast():
             feature_map = teacher.forward_features(data.inputs(slice(start, start + EVAL_BATCH_SIZE)))
             logits.append(teacher.forward_head(feature_map).float().cpu())
-        feature_map = feature_map.float()
-        features.append(feature_map.contiguous().cpu())
+        features.append(feature_map.float().contiguous().cpu())
     return {"logits": torch.cat(logits), "features": torch.cat(features)}
 
 

@@ -304,7 +304,9 @@ def _warm_caches() -> None:
     # Logging a model, MLflow checks its pip requirements against the environment, mapping every
     # installed distribution's files to modules first: 0.4 s here, once per process, with no
     # switch. The map changes only when packages are installed; a reinstalled torch (the models'
-    # one requirement) changes preloaded files, which retires the server.
+    # one requirement) changes preloaded files, which retires the server. A private function of
+    # the pinned MLflow: should it go, the server exits and stages import for themselves, and
+    # tests/test_preload.py fails on the missing map.
     from mlflow.utils.requirements_utils import _init_modules_to_packages_map
 
     _init_modules_to_packages_map()
