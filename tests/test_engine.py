@@ -6,7 +6,7 @@ import torch
 
 from fakedata import class_images
 from kdistill.baselines import STUDENT_CE
-from kdistill.engine import DeviceImages, cpu_has_bf16, evaluate, latency_ms, resolve_runtime, teacher_outputs, train
+from kdistill.engine import DeviceImages, Runtime, cpu_has_bf16, evaluate, latency_ms, resolve_runtime, teacher_outputs, train
 from kdistill.errors import ConfigError, TrainingError
 from kdistill.models import DeepNN, LightNN
 from kdistill.objectives import Objective, Shapes, cross_entropy
@@ -17,10 +17,13 @@ CPU32 = resolve_runtime("cpu", "fp32")
 SHAPES = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
 
 
-def split(n: int, seed: int) -> DeviceImages:
+def raw_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     labels = np.arange(n) % 10
-    images = torch.from_numpy(class_images(labels, np.random.default_rng(seed)))
-    return DeviceImages(images, torch.from_numpy(labels), MEAN, STD, torch.device("cpu"))
+    return torch.from_numpy(class_images(labels, np.random.default_rng(seed))), torch.from_numpy(labels)
+
+
+def split(n: int, seed: int, runtime: Runtime = CPU32, std: tuple[float, ...] = STD) -> DeviceImages:
+    return DeviceImages(*raw_split(n, seed), MEAN, std, runtime)
 
 
 def objective(name: str) -> Objective:
@@ -44,6 +47,24 @@ def test_runtime_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.device is 'cuda'"):
             resolve_runtime("cuda", "auto")
+
+
+def test_images_are_normalized_once_into_what_the_first_convolution_reads():
+    images, labels = raw_split(300, 3)  # more than one normalization chunk
+    tutorial = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    fp32, bf16 = DeviceImages(images, labels, MEAN, STD, CPU32), split(300, 3, resolve_runtime("cpu", "bf16"))
+    index = torch.tensor([299, 0, 7, 150])
+    for data, dtype in ((fp32, torch.float32), (bf16, torch.bfloat16)):
+        batch = data.inputs(index)
+        assert batch.dtype == dtype and batch.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(data.labels[index], labels[index])
+    assert torch.allclose(fp32.inputs(index), tutorial[index], atol=1e-5)  # ToTensor + Normalize, to rounding
+    # Under bf16 autocast the first convolution rounds its fp32 input to bf16: the stored bf16
+    # images are exactly those values, so the networks compute what they would from fp32 inputs.
+    assert torch.equal(bf16.inputs(index), fp32.inputs(index).bfloat16())
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(conv(bf16.inputs(index)), conv(fp32.inputs(index)))
 
 
 def live_teacher(teacher: DeepNN, data: DeviceImages, runtime) -> torch.Tensor:
@@ -142,8 +163,7 @@ def test_same_seed_same_result():
 
 def test_non_finite_loss_stops_naming_stage_epoch_and_first_bad_batch():
     torch.manual_seed(0)
-    blown_up = split(64, 1)
-    blown_up.scale = torch.full_like(blown_up.scale, float("inf"))  # inputs become inf/NaN -> NaN loss
+    blown_up = split(64, 1, std=(1e-45,) * 3)  # 1/(255 std) overflows: inputs become inf/NaN -> NaN loss
     checkpoints = []
     with pytest.raises(TrainingError, match=r"train_student_ce: loss became nan at epoch 1, batch 1/4"):
         train(LightNN(), STUDENT_CE.build_objective(None, SHAPES), blown_up, split(10, 2), CPU32,

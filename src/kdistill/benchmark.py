@@ -4,14 +4,14 @@
     python -m kdistill.benchmark --pipeline [--images 10000] [--epochs 1]
 
 Both paths run the engine's own ``train_step`` (the code the stages run) on the same prepared
-images, networks, objectives and batch size, on the same device; only the way data reaches the
-step differs, as in the tutorial: there, per-image PIL conversion + ToTensor + Normalize, a
-DataLoader with 2 workers, fp32 NCHW, the tutorial's layer order (ReLU, then max-pool), and the
-teacher run forward on every distillation batch; here, one uint8 tensor on the device normalized
-per batch, bf16 autocast where native, channels_last, pooling before the ReLU (the same function),
-and the teacher's outputs cached once. The ratios are what to read (absolute numbers move with
-whatever else the machine does). Every distillation method of the registry gets a row. Not part
-of the test suite: it measures, it asserts nothing.
+images, networks, objectives and batch size, on the same device; only the way data reaches the step
+differs, as in the tutorial: there, per-image PIL conversion + ToTensor + Normalize, a DataLoader
+with 2 workers, fp32 NCHW, the tutorial's layer order (ReLU, then max-pool), and the teacher run
+forward on every distillation batch; here, one tensor on the device normalized once (in the dtype
+the first convolution reads) and gathered per batch, bf16 autocast where native, channels_last,
+pooling before the ReLU (the same function), and the teacher's outputs cached once. The ratios are
+what to read (absolute numbers move with whatever else the machine does). Every distillation method
+of the registry gets a row. Not part of the test suite: it measures, it asserts nothing.
 
 ``--pipeline`` times every training end to end, both ways, one after the other on the first
 ``--images`` training images (all test images): the tutorial's notebook (one process: teacher, CE
@@ -167,8 +167,8 @@ def _test_the_tutorials_way(model: ConvClassifier, test: DataLoader, device: tor
 def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: float, batches: int,
                 teacher: DeepNN, runtime: Runtime) -> dict[str, float]:
     device = runtime.device
-    train_data = DeviceImages(dataset.train_images, dataset.train_labels, mean, std, device)
-    test_data = DeviceImages(dataset.test_images, dataset.test_labels, mean, std, device)
+    train_data = DeviceImages(dataset.train_images, dataset.train_labels, mean, std, runtime)
+    test_data = DeviceImages(dataset.test_images, dataset.test_labels, mean, std, runtime)
     generator = torch.Generator().manual_seed(0)
     results = {}
 
@@ -185,7 +185,7 @@ def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: 
     results["teacher training"] = _timed(teacher_step, max(batches // 2, 3), device)
     # The cache the train_teacher stage writes once; its cost is reported, not hidden.
     subset = DeviceImages(dataset.train_images[: BATCH_SIZE * batches], dataset.train_labels[: BATCH_SIZE * batches],
-                          mean, std, device)
+                          mean, std, runtime)
     teacher = teacher.to(device, memory_format=torch.channels_last)
     _synchronize(device)
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """Data: fetch and verify the archive, read it without trusting it, keep the images as one tensor.
 
 Training never decodes an image: the download stage writes every image once as uint8 tensors
-(N x 3 x 32 x 32), and the trainers batch them by index permutation on the device.
+(N x 3 x 32 x 32); each trainer normalizes them once on the device (``engine.DeviceImages``) and
+batches them by index permutation.
 """
 
 from __future__ import annotations

@@ -282,8 +282,8 @@ def _context(method: Method, layout: Layout, clock: Stopwatch) -> TrainingContex
     normalization = (params.data.mean, params.data.std)
     return TrainingContext(
         method, params, layout, runtime, dataset,
-        DeviceImages(dataset.train_images, dataset.train_labels, *normalization, runtime.device),
-        DeviceImages(dataset.test_images, dataset.test_labels, *normalization, runtime.device),
+        DeviceImages(dataset.train_images, dataset.train_labels, *normalization, runtime),
+        DeviceImages(dataset.test_images, dataset.test_labels, *normalization, runtime),
         _load_teacher_outputs(layout, objective.teacher_outputs, runtime.device), shapes, code_files(method, layout),
         neutral, dataset.digests, clock,
     )
