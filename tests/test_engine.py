@@ -6,7 +6,17 @@ import torch
 
 from fakedata import class_images
 from kdistill.baselines import STUDENT_CE
-from kdistill.engine import DeviceImages, Runtime, cpu_has_bf16, evaluate, latency_ms, resolve_runtime, teacher_outputs, train
+from kdistill.engine import (
+    DeviceImages,
+    Runtime,
+    adam,
+    cpu_has_bf16,
+    evaluate,
+    latency_ms,
+    resolve_runtime,
+    teacher_outputs,
+    train,
+)
 from kdistill.errors import ConfigError, TrainingError
 from kdistill.models import DeepNN, LightNN
 from kdistill.objectives import Objective, Shapes, cross_entropy
@@ -65,6 +75,24 @@ def test_images_are_normalized_once_into_what_the_first_convolution_reads():
     conv = torch.nn.Conv2d(3, 16, 3, padding=1).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(conv(bf16.inputs(index)), conv(fp32.inputs(index)))
+
+
+def test_the_fused_adam_is_the_tutorials_update_rule():
+    torch.manual_seed(0)
+    ours, tutorials = LightNN(), LightNN()
+    tutorials.load_state_dict(ours.state_dict())
+    fused, plain = adam(list(ours.parameters()), 0.001), torch.optim.Adam(tutorials.parameters(), lr=0.001)
+    assert fused.defaults["fused"] and (fused.defaults["betas"], fused.defaults["eps"]) == ((0.9, 0.999), 1e-8)
+    initial = [p.detach().clone() for p in ours.parameters()]
+    for _ in range(20):  # the same gradients on both sides: the update rules alone are compared
+        for a, b in zip(ours.parameters(), tutorials.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    assert all((p != before).all() for p, before in zip(ours.parameters(), initial, strict=True))  # every weight moved
+    for a, b in zip(ours.parameters(), tutorials.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7)  # the same rule, rounded differently in the last bits
 
 
 def live_teacher(teacher: DeepNN, data: DeviceImages, runtime) -> torch.Tensor:
