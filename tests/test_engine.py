@@ -95,6 +95,27 @@ def test_the_fused_adam_is_the_tutorials_update_rule():
         assert torch.allclose(a, b, rtol=0, atol=1e-7)  # the same rule, rounded differently in the last bits
 
 
+def test_auto_picks_cuda_then_mps_with_bf16_only_where_native(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    runtime = resolve_runtime()
+    assert (runtime.device.type, runtime.autocast_dtype, runtime.input_dtype) == ("cuda", torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_runtime().precision == "fp32" and resolve_runtime().input_dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert (resolve_runtime().device.type, resolve_runtime().precision) == ("mps", "fp32")
+
+
+def test_images_are_prepared_on_the_runtimes_device():
+    # A "meta" device stands in for a GPU: the split must be prepared there, not on the CPU.
+    images, labels = raw_split(20, 5)
+    data = DeviceImages(images, labels, MEAN, STD, Runtime(torch.device("meta"), torch.bfloat16))
+    batch = data.inputs(torch.arange(4, device="meta"))
+    assert batch.device.type == data.labels.device.type == "meta"
+    assert batch.dtype == torch.bfloat16 and batch.is_contiguous(memory_format=torch.channels_last)
+
+
 def live_teacher(teacher: DeepNN, data: DeviceImages, runtime) -> torch.Tensor:
     """The tutorial's per-batch teacher forward (batches of 128 there, 7 here) under ``runtime``'s precision."""
     with torch.no_grad(), runtime.autocast():
