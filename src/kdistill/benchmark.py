@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     teacher = DeepNN().eval()
     name = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu"
     print(f"benchmark: {args.batches} batches of {BATCH_SIZE} per measurement on {runtime.device} ({name}); "
-          f"tutorial's way fp32 NCHW, DataLoader(num_workers=2); project's way {runtime.precision}, channels_last; "
+          f"tutorial's way fp32 NCHW, DataLoader(num_workers=2); project's way {runtime.precision}, channels_last, fused Adam; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     slow = tutorial_way(dataset, mean, std, lr, args.batches, teacher, runtime.device)
     fast = project_way(dataset, mean, std, lr, args.batches, teacher, runtime)

@@ -177,7 +177,7 @@ def adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
 
     Unfused, Adam runs a handful of ops per parameter tensor: on a GPU dozens of kernel launches per
     step, on this project's CPU 7% of a student's epoch. Fused, the update rule is the same; it
-    rounds differently in the last bit (about 1e-9 in the weights after 50 steps), so a training's
+    rounds differently in the last bit (up to 1e-8 in the weights after 50 steps), so a training's
     digits differ from the unfused loop's, by run-to-run noise (docs/performance.md).
     """
     return torch.optim.Adam(parameters, lr=lr, fused=True)
