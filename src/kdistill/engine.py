@@ -76,10 +76,10 @@ class DeviceImages:
     """A split's images, normalized once, and its labels, on the device: a batch is one gather.
 
     The images are kept as the first convolution reads them: normalized, ``channels_last`` (the
-    convolutions' fast layout on CPUs (oneDNN) and tensor cores alike) and in the runtime's input
-    dtype. Under bf16 autocast that convolution rounds its fp32 input to bf16 on every batch, so
-    rounding once here hands it the same values, bit for bit (tests/test_engine.py checks), in
-    half the memory of fp32 and without a normalization per batch, which cost 5-10% of a student's
+    convolutions' fast layout with oneDNN on CPUs and with tensor cores alike) and in the runtime's
+    input dtype. Under bf16 autocast that convolution rounds its fp32 input to bf16 on every batch,
+    so rounding once here hands it the same values, bit for bit (tests/test_engine.py checks), in
+    half the memory of fp32 and without a normalization per batch, which cost 10% of a student's
     epoch here (docs/performance.md).
     """
 
@@ -176,7 +176,7 @@ def adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     """The tutorial's optimizer (Adam, default betas and eps), its update fused into one kernel per step.
 
     Unfused, Adam runs a handful of ops per parameter tensor: on a GPU dozens of kernel launches per
-    step, on this project's CPU 7% of a student's epoch. Fused, the update rule is the same; it
+    step, on this project's CPU 6% of a student's epoch. Fused, the update rule is the same; it
     rounds differently in the last bit (up to 1e-8 in the weights after 50 steps), so a training's
     digits differ from the unfused loop's, by run-to-run noise (docs/performance.md).
     """
