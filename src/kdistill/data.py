@@ -267,7 +267,7 @@ class ImageDataset:
     def load(cls, path: Path) -> ImageDataset:
         if not path.is_file():
             raise DataError(f"{path}: no prepared dataset; run the download stage first (dvc repro download)")
-        # Memory-mapped: pages are read as the batches touch them, not all up front.
+        # Memory-mapped: read through the page cache once, when the trainers normalize them, never copied.
         return cls(**torch.load(path, weights_only=True, mmap=True))
 
     def digest(self, split: str) -> str:
