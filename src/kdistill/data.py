@@ -267,7 +267,8 @@ class ImageDataset:
     def load(cls, path: Path) -> ImageDataset:
         if not path.is_file():
             raise DataError(f"{path}: no prepared dataset; run the download stage first (dvc repro download)")
-        # Memory-mapped: read through the page cache once, when the trainers normalize them, never copied.
+        # Memory-mapped: the uint8 images are read through the page cache (once, when a trainer
+        # normalizes them), not copied into the process.
         return cls(**torch.load(path, weights_only=True, mmap=True))
 
     def digest(self, split: str) -> str:
