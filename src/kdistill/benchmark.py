@@ -4,15 +4,15 @@
     python -m kdistill.benchmark --pipeline [--images 10000] [--epochs 1]
 
 Both paths run the engine's own ``train_step`` (the code the stages run) on the same prepared
-images, networks, objectives and batch size, on the same device; only how the step is fed and computed
-differs, as in the tutorial: there, per-image PIL conversion + ToTensor + Normalize, a DataLoader
-with 2 workers, fp32 NCHW, the tutorial's layer order (ReLU, then max-pool), and the teacher run
-forward on every distillation batch; here, one tensor on the device normalized once (in the dtype
-the first convolution reads) and gathered per batch, bf16 autocast where native, channels_last,
-pooling before the ReLU (the same function), Adam fused into one kernel, and the teacher's outputs
-cached once. The ratios are what to read (absolute numbers move with whatever else the machine
-does). Every distillation method of the registry gets a row. Not part of the test suite: it
-measures, it asserts nothing.
+images, networks, objectives and batch size, on the same device; only how the step is fed and
+computed differs, as in the tutorial: there, per-image PIL conversion + ToTensor + Normalize, a
+DataLoader with 2 workers, fp32 NCHW, the tutorial's layer order (ReLU, then max-pool), and the
+teacher run forward on every distillation batch; here, one tensor on the device normalized once (in
+the dtype the first convolution reads) and gathered per batch, bf16 autocast where native,
+channels_last, pooling before the ReLU (the same function), Adam fused into one kernel, and the
+teacher's outputs cached once. The ratios are what to read (absolute numbers move with whatever
+else the machine does). Every distillation method of the registry gets a row. Not part of the test
+suite: it measures, it asserts nothing.
 
 ``--pipeline`` times every training end to end, both ways, one after the other on the first
 ``--images`` training images (all test images): the tutorial's notebook (one process: teacher, CE
