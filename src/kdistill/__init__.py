@@ -1,23 +1,30 @@
-"""Knowledge distillation on CIFAR-10: the PyTorch tutorial as a DVC + MLflow pipeline."""
+"""Knowledge distillation experiments: the PyTorch tutorial's pipeline, and the field's methods, on DVC and MLflow.
 
-import sys as _sys
+Layers, each a folder, imports running downward: ``core`` (torch only: networks, objectives, the
+engine), ``methods``, ``sources`` (data), ``control`` (params, registry, dvc.yaml; no torch),
+``pipeline`` (stages, tracking, checkpoints) and ``analysis`` (statistics, report, review).
+Importing this package imports none of them.
+"""
+
+from __future__ import annotations
+
 import time as _time
-from importlib.util import find_spec as _find_spec
+from typing import TYPE_CHECKING, Any
 
-# When this process began loading kdistill (and, after it, torch and MLflow): a stage's record
-# counts the seconds from here to its first line of work as its start-up.
+# When this process began loading kdistill: a stage's record counts the seconds from here to its
+# first line of work as its start-up.
 LOADING_SINCE = _time.perf_counter()
 
-# The third-party packages kdistill imports (tests/test_registry.py keeps this list equal to the
-# source's imports). DVC runs each stage with the `python` first on PATH: outside the project's
-# environment that interpreter lacks them, and a stage would fail deep in an import. Say why at once.
-REQUIRED_MODULES = ("PIL", "dvc", "matplotlib", "mlflow", "numpy", "pandas", "pydantic", "scipy", "torch", "torchvision",
-                    "tqdm", "yaml")
+if TYPE_CHECKING:
+    from kdistill.pipeline.logged_models import load_network
 
-_missing = [name for name in REQUIRED_MODULES if _find_spec(name) is None]
-if _missing:
-    raise ImportError(
-        f"this Python ({_sys.executable}) lacks {', '.join(_missing)}, which kdistill needs: activate the project's "
-        "environment first (`make setup`, then `. .venv/bin/activate` at the project root), so that `dvc` and the "
-        "stages' `python` are the project's; or run through `make`"
-    )
+__all__ = ["load_network"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: `import kdistill` must work where only torch is installed (a borrowed GPU box).
+    if name == "load_network":
+        from kdistill.pipeline.logged_models import load_network
+
+        return load_network
+    raise AttributeError(f"module 'kdistill' has no attribute {name!r}")

@@ -10,8 +10,8 @@ from kdistill.layout import Layout, project_root
 
 
 def _dvc_yaml(args: argparse.Namespace) -> int:
-    from kdistill.codedeps import SRC
-    from kdistill.dvcfile import generate
+    from kdistill.control.codedeps import SRC
+    from kdistill.control.dvcfile import generate
 
     layout = Layout(project_root())
     changed = generate(layout, SRC, check=args.check)
@@ -27,7 +27,7 @@ def _dvc_yaml(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from kdistill.review import review
+    from kdistill.analysis.review import review
 
     text, table = review(project_root(), args.baseline, args.candidate)
     print(text, end="")

@@ -1,0 +1,58 @@
+"""The one source of truth: every stage of the pipeline, derived from the method folders.
+
+The distillation methods are the packages under ``kdistill/methods/`` that define ``METHOD``;
+nothing lists them by hand. From them come the params model of the whole file, each stage's params
+keys, dvc.yaml (``kdistill dvc-yaml``), the report's rows and the benchmark's. Reading them imports
+their specs (pydantic), never their losses (torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from kdistill import methods
+from kdistill.control.params import DOWNLOAD_KEYS, CoreParams, load_params, params_model, training_keys
+from kdistill.methods.baselines import STUDENT_CE, TEACHER
+from kdistill.methods.spec import Method
+
+__discovers__ = "kdistill.methods"  # read by kdistill.control.codedeps: every method's spec is a dep of this one
+METHOD_PREFIX = "distill_"
+BASELINES = "baselines"
+
+
+def discover() -> dict[str, Method]:
+    found: dict[str, Method] = {}
+    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda info: info.name):
+        if not info.ispkg or info.name == BASELINES:
+            continue
+        module = importlib.import_module(f"{methods.__name__}.{info.name}")
+        method = getattr(module, "METHOD", None)
+        if not isinstance(method, Method):
+            raise TypeError(f"{module.__name__} defines no METHOD = Method(...)")
+        if not method.name.startswith(METHOD_PREFIX) or method.name in found:
+            raise ValueError(f"{module.__name__}: method name {method.name!r} must start with "
+                             f"{METHOD_PREFIX!r} and be unique")
+        found[method.name] = method
+    return found
+
+
+METHODS: dict[str, Method] = discover()
+TRAININGS: dict[str, Method] = {TEACHER.name: TEACHER, STUDENT_CE.name: STUDENT_CE, **METHODS}
+CHECK_PARAMS, DOWNLOAD, REPORT = "check_params", "download", "report"
+STAGES: list[str] = [CHECK_PARAMS, DOWNLOAD, *TRAININGS, REPORT]
+SECTIONS = {t.name: t.params for t in TRAININGS.values() if t.params is not None}
+Params = params_model(SECTIONS)
+
+
+def stage_param_keys(stage: str) -> list[str]:
+    """The params.yaml keys ``stage`` reads (dvc.yaml lists exactly these)."""
+    if stage in TRAININGS:
+        return training_keys(TRAININGS[stage])
+    return {CHECK_PARAMS: [], DOWNLOAD: list(DOWNLOAD_KEYS), REPORT: []}[stage]
+
+
+def load_all_params(path: str | Path) -> CoreParams:
+    """params.yaml validated as a whole: every section, every key."""
+    return load_params(path, SECTIONS)

@@ -1,0 +1,32 @@
+"""Attention transfer's loss: attention maps of the last feature maps."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
+
+if TYPE_CHECKING:
+    from kdistill.methods.attention import Params
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+class AttentionTransferLoss(nn.Module):
+    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        return (attention_map(student_features) - attention_map(teacher_features)).pow(2).mean()
+
+
+def objective(params: Params, shapes: Shapes) -> Objective:
+    if shapes.student[1:] != shapes.teacher[1:]:
+        raise ValueError(f"attention transfer needs maps of one spatial size, got {shapes.student} and {shapes.teacher}")
+    return Objective([
+        Term("attention", params.beta, AttentionTransferLoss(), ("student_features", "teacher_features")),
+        cross_entropy(params.ce_loss_weight),
+    ])
