@@ -27,7 +27,7 @@ else
 endif
 
 lint: setup
-	ruff check src tests stages
+	ruff check src tests stages benchmarks
 	kdistill dvc-yaml --check
 
 # Everything, in random order (pytest-randomly): unit tests, the real `dvc repro`, real servers.
@@ -51,7 +51,7 @@ review: setup
 
 benchmark: setup
 	dvc repro download
-	PYTHONPATH=src python -m kdistill.benchmark
+	PYTHONPATH=src python -m benchmarks.speed
 
 ui: setup
 	@echo "MLflow UI, opened on the runs: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"

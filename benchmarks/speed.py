@@ -1,7 +1,9 @@
 """Side by side: this project against the tutorial's way, per training step and for the whole pipeline.
 
-    python -m kdistill.benchmark [--dataset data/dataset.pt] [--batches 20] [--output table.json]
-    python -m kdistill.benchmark --pipeline [--images 10000] [--epochs 1]
+    python -m benchmarks.speed [--dataset data/dataset.pt] [--batches 20] [--output table.json]
+    python -m benchmarks.speed --pipeline [--images 10000] [--epochs 1]
+
+(from the project root, with the project's environment active; ``make benchmark`` runs the first.)
 
 Both paths run the engine's own ``train_step`` (the code the stages run) on the same prepared
 images, networks, objectives and batch size, on the same device; only how the step is fed and
@@ -41,17 +43,18 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdistill.config import load_params
-from kdistill.data import ImageDataset
-from kdistill.engine import DeviceImages, Runtime, adam, evaluate, resolve_runtime, teacher_outputs, train_step
+from kdistill.control.params import load_params
+from kdistill.control.registry import CHECK_PARAMS, DOWNLOAD, METHODS, TRAININGS
+from kdistill.core.data import DeviceImages, teacher_outputs
+from kdistill.core.engine import adam, evaluate, train_step
+from kdistill.core.networks import ConvClassifier, DeepNN, LightNN
+from kdistill.core.objectives import TEACHER_PREFIX, Objective, Shapes, cross_entropy
+from kdistill.core.runtime import Runtime, resolve_runtime
 from kdistill.entry import configure_process
-from kdistill.models import ConvClassifier, DeepNN, LightNN
-from kdistill.objectives import TEACHER_PREFIX, Objective, Shapes, cross_entropy
-from kdistill.registry import CHECK_PARAMS, DOWNLOAD, METHODS, TRAININGS
+from kdistill.sources.dataset import ImageDataset
 
 BATCH_SIZE = 128
 SHAPES = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
-TARGETS = {"teacher training": 2.5, **{f"{name} epoch": 10 for name in METHODS}}
 
 
 class PILImages(Dataset):
@@ -102,7 +105,7 @@ def _loader_batches(dataset: Dataset, shuffle: bool) -> Iterator[tuple[torch.Ten
 def in_tutorial_order(model: ConvClassifier) -> ConvClassifier:
     """``model`` with the tutorial's layer order, ReLU before each max-pool, in place.
 
-    kdistill.models pools first: the same function and gradients, computed faster. The tutorial's
+    kdistill.core.networks pools first: the same function and gradients, computed faster. The tutorial's
     way runs the layers as the tutorial writes them.
     """
     layers = list(model.features)
@@ -295,7 +298,7 @@ def pipeline_benchmark(dataset: ImageDataset, images: int, epochs: int, root: Pa
         params["train"]["epochs"], params["seeds"] = epochs, [42]
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         print(f"benchmark: the tutorial's way, {images} images, {epochs} epoch(s) ...", flush=True)
-        tutorial = _run([sys.executable, "-m", "kdistill.benchmark", "--tutorial-pipeline", "--dataset",
+        tutorial = _run([sys.executable, "-m", "benchmarks.speed", "--tutorial-pipeline", "--dataset",
                          str(Path(tmp) / "subset.pt"), "--epochs", str(epochs), "--params", str(project / "params.yaml")],
                         project, env)
         print(f"benchmark: the tutorial's way took {tutorial:.1f} s; now `dvc repro` ...", flush=True)
@@ -348,7 +351,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     order = list(dict.fromkeys([*slow, *fast]))
     table = pd.DataFrame({"tutorial's way img/s": pd.Series(slow), "project img/s": pd.Series(fast)}).reindex(order)
     table["speed-up"] = table["project img/s"] / table["tutorial's way img/s"]
-    table["target"] = pd.Series({k: f">= {v:g}x" for k, v in TARGETS.items()}).reindex(order).fillna("")
     table.index.name = "measurement"
     print(table.to_markdown(floatfmt=".1f", missingval=""))
     if args.output:

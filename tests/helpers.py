@@ -20,6 +20,20 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def third_party_imports() -> set[str]:
+    """The top-level names of every third-party package the project's source imports."""
+    import ast
+
+    found = set()
+    for path in (ROOT / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"kdistill", "__future__"}
+
+
 def committed_params() -> dict:
     """params.yaml as committed (the working copy outside git)."""
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
@@ -34,7 +48,7 @@ def shipped_params() -> dict:
     start from the committed shared sections and from every registered training's declared
     defaults instead (a method being added, not committed yet, included).
     """
-    from kdistill.registry import TRAININGS
+    from kdistill.control.registry import TRAININGS
 
     params = committed_params()
     for name, training in TRAININGS.items():

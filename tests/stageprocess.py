@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from helpers import ROOT, shipped_params
-from kdistill.data import prepare
+from kdistill.sources.prepare import prepare
 
 STAGE = "train_teacher"
 

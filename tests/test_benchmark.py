@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from benchmarks import speed as benchmark
 
-from kdistill import benchmark
-from kdistill.data import read_cifar10
-from kdistill.registry import METHODS
+from kdistill.control.registry import METHODS
+from kdistill.sources.cifar import read_cifar10
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import yaml
 
 from conftest import ROOT
 from helpers import committed_params, shipped_params, with_value
-from kdistill.config import load_params, parse_params
+from kdistill.control.params import load_params, parse_params
+from kdistill.control.registry import METHODS, TRAININGS, Params, load_all_params
 from kdistill.errors import ConfigError
-from kdistill.registry import METHODS, TRAININGS, Params, load_all_params
 
 
 def defaults() -> dict:

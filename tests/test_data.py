@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from fakedata import CLASSES, class_images, make_cifar10_archive, make_imagefolder_archive, md5
-from kdistill.data import DataError, ImageDataset, fetch, prepare, read_cifar10, read_imagefolder
+from kdistill.errors import DataError
+from kdistill.sources.cifar import read_cifar10
+from kdistill.sources.dataset import ImageDataset
+from kdistill.sources.fetch import fetch
+from kdistill.sources.imagefolder import read_imagefolder
+from kdistill.sources.prepare import prepare
 
 
 def test_fetch_over_http_verifies_and_does_not_fetch_again(file_server, cifar_archive, tmp_path):

@@ -5,22 +5,14 @@ import pytest
 import torch
 
 from fakedata import class_images
-from kdistill.baselines import STUDENT_CE
-from kdistill.engine import (
-    DeviceImages,
-    Runtime,
-    adam,
-    cpu_has_bf16,
-    evaluate,
-    latency_ms,
-    resolve_runtime,
-    teacher_outputs,
-    train,
-)
+from kdistill.control.registry import METHODS
+from kdistill.core.data import DeviceImages, teacher_outputs
+from kdistill.core.engine import adam, evaluate, latency_ms, train
+from kdistill.core.networks import DeepNN, LightNN
+from kdistill.core.objectives import Objective, Shapes, cross_entropy
+from kdistill.core.runtime import Runtime, cpu_has_bf16, resolve_runtime
 from kdistill.errors import ConfigError, TrainingError
-from kdistill.models import DeepNN, LightNN
-from kdistill.objectives import Objective, Shapes, cross_entropy
-from kdistill.registry import METHODS
+from kdistill.methods.baselines.spec import STUDENT_CE
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CPU32 = resolve_runtime("cpu", "fp32")
@@ -192,7 +184,7 @@ def test_warm_up_sees_training_progress():
             seen.append(progress)
             return torch.zeros(())
 
-    from kdistill.objectives import Term
+    from kdistill.core.objectives import Term
 
     recorder = Objective([cross_entropy(), Term("progress", 0.0, Recorder(), ("progress",))])
     train(LightNN(), recorder, split(40, 1), split(10, 2), CPU32, stage="s", epochs=2, batch_size=16, lr=0.001, seed=0)

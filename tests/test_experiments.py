@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from scipy import stats
 
 from helpers import BIN, commit_all, free_port, repro, set_param, sh, stage_record, state_kept, wait_for_http
-from kdistill.registry import METHODS, TRAININGS, stage_param_keys
+from kdistill.control.registry import METHODS, TRAININGS, stage_param_keys
 
 pytestmark = pytest.mark.e2e
 # One seed is enough here (the review test sets its own three): each seed is a model export and a
@@ -118,16 +119,34 @@ def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, 
         server.wait(timeout=30)
 
 
-TOY_METHOD = '''"""KD whose temperature falls linearly from T_start to T_end over the first anneal_epochs (a toy)."""
+TOY_SPEC = '''"""KD whose temperature falls linearly from T_start to T_end over the first anneal_epochs (a toy)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from kdistill.config import PositiveFloat, Weight
-from kdistill.methods import Method, MethodParams
-from kdistill.methods.kd import SoftTargetLoss
-from kdistill.objectives import Objective, Shapes, Term, cross_entropy
+from kdistill.methods.method import Method, MethodParams, PositiveFloat, Weight
+
+
+class Params(MethodParams):
+    T_start: PositiveFloat = 8.0
+    T_end: PositiveFloat = 2.0
+    anneal_epochs: float = Field(default=1.0, gt=0)
+    soft_target_loss_weight: Weight = 0.25
+    ce_loss_weight: Weight = 0.75
+
+
+METHOD = Method(name="distill_annealed", label="Student, CE + annealed KD",
+                summary="LightNN with cross-entropy + KD at a temperature annealed from T_start to T_end",
+                losses=f"{__package__}.losses", params=Params)
+'''
+
+TOY_LOSSES = '''"""The annealed KD's loss."""
+
+from __future__ import annotations
+
+from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
+from kdistill.methods.kd.losses import SoftTargetLoss
 
 
 class AnnealedSoftTargetLoss(SoftTargetLoss):
@@ -140,24 +159,11 @@ class AnnealedSoftTargetLoss(SoftTargetLoss):
         return super().forward(student_logits, teacher_logits)
 
 
-class Params(MethodParams):
-    T_start: PositiveFloat = 8.0
-    T_end: PositiveFloat = 2.0
-    anneal_epochs: float = Field(default=1.0, gt=0)
-    soft_target_loss_weight: Weight = 0.25
-    ce_loss_weight: Weight = 0.75
-
-
-def objective(params: Params, shapes: Shapes) -> Objective:
+def objective(params, shapes: Shapes) -> Objective:
     loss = AnnealedSoftTargetLoss(params.T_start, params.T_end, params.anneal_epochs)
     return Objective([Term("soft_target", params.soft_target_loss_weight, loss,
                            ("student_logits", "teacher_logits", "progress")),
                       cross_entropy(params.ce_loss_weight)])
-
-
-METHOD = Method(name="distill_annealed", label="Student, CE + annealed KD",
-                summary="LightNN with cross-entropy + KD at a temperature annealed from T_start to T_end",
-                params=Params, objective=objective)
 '''
 
 TOY_PARAMS = """
@@ -177,21 +183,25 @@ def toy_method_added(pipeline):
     commit_all(project, env, "before the toy method")
     with state_kept(project):
         yield project, env
-        (project / "src" / "kdistill" / "methods" / "annealed.py").unlink(missing_ok=True)  # a failed test may leave it
+        shutil.rmtree(project / "src" / "kdistill" / "methods" / "annealed", ignore_errors=True)  # a failed test may leave it
 
 
-def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_yaml(toy_method_added):
+def test_adding_a_method_is_one_folder_one_params_section_and_a_regenerated_dvc_yaml(toy_method_added):
     from mlflow.tracking import MlflowClient
 
     project, env = toy_method_added
-    # 1. the method's module; 2. its params.yaml section; 3. `kdistill dvc-yaml` (run from this copy)
-    (project / "src" / "kdistill" / "methods" / "annealed.py").write_text(TOY_METHOD)
+    # 1. the method's folder (spec, losses); 2. its params.yaml section; 3. `kdistill dvc-yaml` (run from this copy)
+    folder = project / "src" / "kdistill" / "methods" / "annealed"
+    folder.mkdir()
+    (folder / "spec.py").write_text(TOY_SPEC)
+    (folder / "losses.py").write_text(TOY_LOSSES)
     with open(project / "params.yaml", "a") as params:
         params.write(TOY_PARAMS)
     sh(sys.executable, "-m", "kdistill.cli", "dvc-yaml", cwd=project, env={**env, "PYTHONPATH": "src"})
     status = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=project, env=env).splitlines()
     assert sorted(line[3:] for line in status) == [
-        "dvc.yaml", "params.yaml", "src/kdistill/methods/annealed.py", "stages/distill_annealed.py"]
+        "dvc.yaml", "params.yaml", "src/kdistill/methods/annealed/losses.py", "src/kdistill/methods/annealed/spec.py",
+        "stages/distill_annealed.py"]
     # 4. dvc repro runs the new stage (and the checks and report that read every method), nothing else
     assert repro(project, env) == {"check_params", "distill_annealed", "report"}
     metrics = stage_record(project, "distill_annealed")
@@ -207,8 +217,8 @@ def test_adding_a_method_is_one_module_one_params_section_and_a_regenerated_dvc_
     terms = [m.key for m in client.get_metric_history(runs[0].info.run_id, "train_loss.soft_target")]
     assert terms, "the new method's loss terms are logged by name"
 
-    # Removing it again (module, section, regenerated files) reruns the report: no stale row stays.
-    (project / "src" / "kdistill" / "methods" / "annealed.py").unlink()
+    # Removing it again (folder, section, regenerated files) reruns the report: no stale row stays.
+    shutil.rmtree(folder)
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(TOY_PARAMS, ""))
     sh(sys.executable, "-m", "kdistill.cli", "dvc-yaml", cwd=project, env={**env, "PYTHONPATH": "src"})
     assert not (project / "stages" / "distill_annealed.py").exists(), "the generator removes the scripts it made"

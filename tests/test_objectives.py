@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.methods.attention import AttentionTransferLoss
-from kdistill.methods.cosine import HiddenCosineLoss
-from kdistill.methods.dkd import NonTargetClassLoss, TargetClassLoss
-from kdistill.methods.kd import SoftTargetLoss
-from kdistill.methods.regressor import FeatureRegressorLoss
-from kdistill.models import DeepNN, LightNN
-from kdistill.objectives import Objective, Shapes, Term, cross_entropy
-from kdistill.registry import METHODS
+from kdistill.control.registry import METHODS
+from kdistill.core.networks import DeepNN, LightNN
+from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
+from kdistill.methods.attention.losses import AttentionTransferLoss
+from kdistill.methods.cosine.losses import HiddenCosineLoss
+from kdistill.methods.dkd.losses import NonTargetClassLoss, TargetClassLoss
+from kdistill.methods.kd.losses import SoftTargetLoss
+from kdistill.methods.regressor.losses import FeatureRegressorLoss
 
 SHAPES = Shapes(student=LightNN.feature_shape, teacher=DeepNN.feature_shape)
 
@@ -153,7 +153,9 @@ def test_objectives_combine_terms_without_a_new_class():
     total, terms = combined(batch_values())
     assert set(terms) == {"soft_target", "feature_map", "ce"}
     assert len(list(combined.parameters())) == 2, "the regressor's weight and bias train with the student"
-    assert total.item() == pytest.approx(sum(combined.weights[n] * v.item() for n, v in terms.items()), rel=1e-6)
+    # The published weights, written out: 0.25 for each distillation term, 0.75 for cross-entropy.
+    expected = 0.25 * terms["soft_target"] + 0.25 * terms["feature_map"] + 0.75 * terms["ce"]
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_warm_up_ramps_a_terms_weight_linearly():

@@ -17,9 +17,9 @@ from scipy import stats
 
 from conftest import PIPELINE_SEEDS as SEEDS
 from helpers import BIN, repro, set_param, sh, stage_record
-from kdistill.checkpoints import load_checkpoint
-from kdistill.data import ImageDataset
-from kdistill.registry import STAGES, TRAININGS, stage_param_keys
+from kdistill.control.registry import STAGES, TRAININGS, stage_param_keys
+from kdistill.pipeline.checkpoints import load_checkpoint
+from kdistill.sources.dataset import ImageDataset
 
 pytestmark = pytest.mark.e2e
 TRAINING_STAGES = list(TRAININGS)
@@ -49,7 +49,8 @@ def test_every_output_is_there_and_self_describing(pipeline):
         assert list(history["epoch"]) == [1] and {"train_loss", "test_accuracy"} <= set(history.columns)
         seconds = metrics["seconds"]  # where the stage's time went
         assert seconds["epochs"] == pytest.approx(history["epoch_seconds"].sum() * len(seeds), abs=0.05)
-        assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(seconds["total"], abs=0.1)
+        # The phases cover the stage: what none of them timed is a rounding error, not a hidden cost.
+        assert -0.05 <= seconds["other"] < 0.5 and seconds["total"] == pytest.approx(metrics["wall_time_s"], abs=0.5)
         assert min(seconds["start-up"], seconds["load"], seconds["tracking"], seconds["outputs"]) > 0
         assert (seconds["model export"] > 0) and (("teacher outputs cache" in seconds) == (stage == "train_teacher"))
     report = json.loads((outputs / "metrics" / "report.json").read_text())

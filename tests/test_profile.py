@@ -1,16 +1,14 @@
-"""A stage's record says where its seconds went: phases timed exclusively, adding up to the total."""
+"""A stage's record says where its seconds went: nested phases timed exclusively, the rest called "other"."""
 
 from __future__ import annotations
 
 import time
 
-import pytest
-
 import kdistill
-from kdistill.pipeline import Stopwatch
+from kdistill.pipeline.training import Stopwatch
 
 
-def test_nested_phases_count_for_the_inner_one_only_and_everything_adds_up(monkeypatch):
+def test_nested_phases_count_for_the_inner_one_only(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
     monkeypatch.setattr(kdistill, "LOADING_SINCE", 97.0)  # 3 s of imports before the first line of work
@@ -28,4 +26,3 @@ def test_nested_phases_count_for_the_inner_one_only_and_everything_adds_up(monke
     profile = clock.profile(epochs=12.0)
     assert profile == {"start-up": 3.0, "tracking": 1.5, "model export": 2.0, "epochs": 12.0,
                        "checkpoints and per-epoch logging": 3.0, "other": 0.25, "total": 21.75}
-    assert sum(v for k, v in profile.items() if k != "total") == pytest.approx(profile["total"])

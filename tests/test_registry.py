@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import kdistill
 from conftest import ROOT
-from kdistill.codedeps import SRC, closure, digest
-from kdistill.dvcfile import generate
+from helpers import third_party_imports
+from kdistill.control.codedeps import SRC, closure, digest
+from kdistill.control.dvcfile import generate
+from kdistill.control.registry import METHODS, STAGES, TRAININGS, Params, stage_param_keys
 from kdistill.layout import Layout
-from kdistill.registry import METHODS, STAGES, TRAININGS, Params, stage_param_keys
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -74,7 +74,7 @@ for stage in sys.argv[1].split(","):
 @pytest.fixture(scope="module")
 def loaded_modules() -> dict[str, set[str]]:
     """Per stage, the project files its script loads when imported as the stage would be."""
-    result = subprocess.run([sys.executable, "-c", PROBE, ",".join(STAGES), *kdistill.REQUIRED_MODULES], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", PROBE, ",".join(STAGES), *sorted(third_party_imports())], cwd=ROOT,
                             capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src")}, timeout=300)
     assert result.returncode == 0, result.stderr
     loaded = {}
@@ -96,10 +96,14 @@ def test_code_deps_cover_every_module_the_stage_loads(stage, loaded_modules):
     assert f"stages/{stage}.py" in declared and "src/kdistill/entry.py" in loaded_modules[stage]
 
 
-def test_a_method_stage_depends_on_its_own_method_module_only():
+SHARED_METHOD_FILES = ("methods/__init__.py", "methods/method.py", "methods/baselines/spec.py")
+
+
+def test_a_method_stage_depends_on_its_own_method_folder_only():
     for name, method in METHODS.items():
-        modules = {dep for dep in DVC_YAML[name]["deps"] if "/methods/" in dep and not dep.endswith("__init__.py")}
-        assert modules == {f"src/{method.objective.__module__.replace('.', '/')}.py"}
+        modules = {dep for dep in DVC_YAML[name]["deps"] if "/methods/" in dep and not dep.endswith(SHARED_METHOD_FILES)}
+        folder = f"src/{method.losses.rpartition('.')[0].replace('.', '/')}"
+        assert modules == {f"{folder}/spec.py", f"{folder}/losses.py"}
     # The report's rows and check_params's model come from every method module: a directory dep, so
     # that removing a method reruns them too (DVC does not notice a removed file dep).
     for stage in ("check_params", "report"):
@@ -114,17 +118,21 @@ def test_the_closure_follows_lazy_imports_and_declared_discovery(tmp_path):
         "__init__.py": "",
         "a.py": "def f():\n    from kdistill import b\n",
         "b.py": "import os\n",
-        "finder.py": "__discovers__ = 'kdistill.plugins'\n",
+        "finder.py": "__discovers__ = 'kdistill.plugins.*.spec'\n",
         "unused.py": "",
         "plugins/__init__.py": "",
-        "plugins/one.py": "from kdistill.b import os\n",
+        "plugins/one/spec.py": "from kdistill.b import os\n",
+        "plugins/one/unread.py": "",
+        "plugins/two/spec.py": "",
     }.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
         (package / name).write_text(text)
     script = tmp_path / "stage.py"
     script.write_text("import kdistill.a\nfrom kdistill import finder\n")
     names = [p.relative_to(tmp_path).as_posix() for p in closure(script, tmp_path / "src")]
     assert names == ["stage.py", "src/kdistill/__init__.py", "src/kdistill/a.py", "src/kdistill/b.py",
-                     "src/kdistill/finder.py", "src/kdistill/plugins/__init__.py", "src/kdistill/plugins/one.py"]
+                     "src/kdistill/finder.py", "src/kdistill/plugins/__init__.py", "src/kdistill/plugins/one/spec.py",
+                     "src/kdistill/plugins/two/spec.py"]
     before = digest(closure(script, tmp_path / "src"))
     (package / "b.py").write_text("import sys\n")
     assert digest(closure(script, tmp_path / "src")) != before
@@ -159,11 +167,3 @@ def test_imports_run_downward_with_no_circle():
 
     for module in sorted(graph):
         visit(module, [])
-
-
-def test_the_loop_and_the_losses_know_nothing_of_tracking_params_or_dvc():
-    graph = _import_graph()
-    sources = {name: (SRC / (name.replace(".", "/") + ".py")).read_text() for name in ("kdistill.engine",)}
-    assert not {"kdistill.tracking", "kdistill.config", "kdistill.registry"} & graph["kdistill.engine"]
-    assert "mlflow" not in sources["kdistill.engine"] and "dvc" not in sources["kdistill.engine"]
-    assert not {"kdistill.config", "kdistill.registry", "kdistill.tracking"} & graph["kdistill.objectives"]

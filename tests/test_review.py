@@ -3,7 +3,7 @@
 import pytest
 from scipy import stats
 
-from kdistill.review import ReviewError, Side, compare, markdown, rows
+from kdistill.analysis.review import ReviewError, Side, compare, markdown, rows
 
 OLD = {"42": 68.0, "43": 69.1, "44": 67.5}
 NEW = {"42": 69.5, "43": 70.2, "44": 69.4}

@@ -24,7 +24,7 @@ from kdistill.entry import main
 from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json, write_text
 from kdistill.layout import Layout, project_root
-from kdistill.methods.baselines import STUDENT_CE, TEACHER
+from kdistill.methods.baselines.spec import STUDENT_CE, TEACHER
 from kdistill.pipeline import tracking
 
 BASELINE = STUDENT_CE.name

@@ -2,8 +2,8 @@
 
 Computed from the source (``ast``), never by hand: dvc.yaml lists them, and a training's resume
 point is valid only while their contents are unchanged. A module that imports others by name at
-run time declares the package it scans as ``__discovers__ = "<package>"``: each of that
-package's modules and sub-packages (their ``__init__``) is then a dep.
+run time declares what it scans as ``__discovers__ = "<package>.*.<module>"``: every module that
+the pattern matches is then a dep.
 """
 
 from __future__ import annotations
@@ -33,16 +33,12 @@ def _imported_names(tree: ast.AST, src: Path) -> Iterable[str]:
             yield node.module
             yield from (f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__discovers__" for t in node.targets):
-            package = ast.literal_eval(node.value)
-            yield package
-            yield from _package_modules(src, package)
+            yield from _package_modules(src, ast.literal_eval(node.value))
 
 
-def _package_modules(src: Path, package: str) -> Iterable[str]:
-    directory = src.joinpath(*package.split("."))
-    modules = [path.stem for path in directory.glob("*.py") if path.stem != "__init__"]
-    packages = [path.parent.name for path in directory.glob("*/__init__.py")]
-    return (f"{package}.{name}" for name in sorted(modules + packages))
+def _package_modules(src: Path, pattern: str) -> Iterable[str]:
+    matches = sorted(src.glob(pattern.replace(".", "/") + ".py"))
+    return (path.relative_to(src).with_suffix("").as_posix().replace("/", ".") for path in matches)
 
 
 def closure(script: Path, src: Path) -> list[Path]:

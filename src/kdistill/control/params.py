@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from kdistill.errors import ConfigError
-from kdistill.methods.spec import Channel, Method, PositiveFloat, Section, Seed
+from kdistill.methods.method import Channel, Method, PositiveFloat, Section, Seed
 
 # What every training stage reads besides its own section (and the seeds it trains with).
 TRAINING_KEYS = ("data.mean", "data.std", "train.epochs", "train.batch_size", "train.lr", "train.precision",

@@ -1,7 +1,7 @@
 """The one source of truth: every stage of the pipeline, derived from the method folders.
 
-The distillation methods are the packages under ``kdistill/methods/`` that define ``METHOD``;
-nothing lists them by hand. From them come the params model of the whole file, each stage's params
+The distillation methods are the folders under ``kdistill/methods/`` whose ``spec.py`` defines
+``METHOD``; nothing lists them by hand. From them come the params model of the whole file, each stage's params
 keys, dvc.yaml (``kdistill dvc-yaml``), the report's rows and the benchmark's. Reading them imports
 their specs (pydantic), never their losses (torch).
 """
@@ -9,25 +9,25 @@ their specs (pydantic), never their losses (torch).
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from pathlib import Path
 
 from kdistill import methods
 from kdistill.control.params import DOWNLOAD_KEYS, CoreParams, load_params, params_model, training_keys
-from kdistill.methods.baselines import STUDENT_CE, TEACHER
-from kdistill.methods.spec import Method
+from kdistill.methods.baselines.spec import STUDENT_CE, TEACHER
+from kdistill.methods.method import Method
 
-__discovers__ = "kdistill.methods"  # read by kdistill.control.codedeps: every method's spec is a dep of this one
+__discovers__ = "kdistill.methods.*.spec"  # read by kdistill.control.codedeps: every method's spec is a dep of this one
 METHOD_PREFIX = "distill_"
 BASELINES = "baselines"
 
 
 def discover() -> dict[str, Method]:
     found: dict[str, Method] = {}
-    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda info: info.name):
-        if not info.ispkg or info.name == BASELINES:
+    folders = sorted(path.parent.name for directory in methods.__path__ for path in Path(directory).glob("*/spec.py"))
+    for folder in folders:
+        if folder == BASELINES:
             continue
-        module = importlib.import_module(f"{methods.__name__}.{info.name}")
+        module = importlib.import_module(f"{methods.__name__}.{folder}.spec")
         method = getattr(module, "METHOD", None)
         if not isinstance(method, Method):
             raise TypeError(f"{module.__name__} defines no METHOD = Method(...)")

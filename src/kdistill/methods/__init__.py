@@ -1,1 +1,1 @@
-"""The distillation methods, a folder each (``kdistill.methods.spec`` says what one declares)."""
+"""The distillation methods, a folder each (``kdistill.methods.method`` says what one declares)."""

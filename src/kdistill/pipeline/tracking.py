@@ -41,7 +41,10 @@ def tracking_uri(root: Path) -> str:
 
 
 def git_commit(root: Path) -> str | None:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    except FileNotFoundError:  # no git on this machine: the run is still worth recording
+        return None
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 

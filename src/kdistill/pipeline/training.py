@@ -32,8 +32,8 @@ from kdistill.entry import main
 from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json
 from kdistill.layout import Layout, project_root
-from kdistill.methods.baselines import TEACHER
-from kdistill.methods.spec import Method
+from kdistill.methods.baselines.spec import TEACHER
+from kdistill.methods.method import Method
 from kdistill.pipeline import tracking
 from kdistill.pipeline.checkpoints import save_checkpoint
 from kdistill.pipeline.logged_models import log_network
@@ -136,18 +136,28 @@ class TrainingContext:
         return {**self.neutral, **{key: flat[key] for key in training_keys(self.method)}}
 
 
+def seeded_start(method: Method, build_objective: ObjectiveBuilder, section: Any, shapes: Shapes, num_classes: int,
+                 seed: int) -> tuple[ConvClassifier, Objective]:
+    """The network and objective a seed starts from.
+
+    Seeded right before the network is built, as in the tutorial, and the objective built after
+    it (the hint's regressor draws its own initial weights): for a given seed every student of
+    every method starts from the same weights, so the methods differ by their objective alone.
+    """
+    torch.manual_seed(seed)
+    model = build_model(method.architecture, num_classes=num_classes)
+    return model, build_objective(section, shapes)
+
+
 def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
     method, layout, train_params = ctx.method, ctx.layout, ctx.params.train
     inputs = [layout.dataset] + ([layout.teacher_outputs] if ctx.teacher else [])
     resume = ResumePoint(layout, method.name, seed, ctx.run_params, inputs, ctx.code)
     saved = resume.load()
-    # Seeded right before the network is built, as in the tutorial: for a given seed, every
-    # student of every method starts from the same weights, so they differ by the objective alone.
-    torch.manual_seed(seed)
-    model = build_model(method.architecture, num_classes=len(ctx.dataset.classes))
-    model = model.to(ctx.runtime.device, memory_format=torch.channels_last)
     section = ctx.params.section(method.name) if method.params is not None else None
-    objective = ctx.build_objective(section, ctx.shapes).to(ctx.runtime.device)
+    model, objective = seeded_start(method, ctx.build_objective, section, ctx.shapes, len(ctx.dataset.classes), seed)
+    model = model.to(ctx.runtime.device, memory_format=torch.channels_last)
+    objective = objective.to(ctx.runtime.device)
     clock = ctx.clock
     with clock("tracking"), tracking.stage_run(method.name, {**ctx.run_params, "seed": seed}, layout.root, seed=seed,
                                                run_id=saved and saved["run_id"]) as run:

@@ -11,7 +11,7 @@ from torch import nn
 from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
 
 if TYPE_CHECKING:
-    from kdistill.methods.attention import Params
+    from kdistill.methods.attention.spec import Params
 
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:

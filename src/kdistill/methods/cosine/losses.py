@@ -12,7 +12,7 @@ from torch import nn
 from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
 
 if TYPE_CHECKING:
-    from kdistill.methods.cosine import Params
+    from kdistill.methods.cosine.spec import Params
 
 
 def pooled(feature_map: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
 
 if TYPE_CHECKING:
-    from kdistill.methods.dkd import Params
+    from kdistill.methods.dkd.spec import Params
 
 
 def _binary_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
 
 if TYPE_CHECKING:
-    from kdistill.methods.kd import Params
+    from kdistill.methods.kd.spec import Params
 
 
 class SoftTargetLoss(nn.Module):

@@ -11,7 +11,7 @@ from torch import nn
 from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
 
 if TYPE_CHECKING:
-    from kdistill.methods.regressor import Params
+    from kdistill.methods.regressor.spec import Params
 
 
 class FeatureRegressorLoss(nn.Module):

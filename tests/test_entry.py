@@ -1,7 +1,7 @@
 import pytest
 
 from kdistill.layout import project_root
-from kdistill.tracking import store_root, tracking_uri
+from kdistill.pipeline.tracking import store_root, tracking_uri
 
 
 def test_store_of_a_queued_experiment_is_the_projects(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdistill.methods.spec import Method, Section, Seed
+from kdistill.methods.method import Method, Section, Seed
 
 
 class TeacherParams(Section):
@@ -14,7 +14,7 @@ TEACHER = Method(
     name="train_teacher",
     label="Teacher (DeepNN, CE)",
     summary="Train the DeepNN teacher with cross-entropy; cache its logits and feature maps on the training set",
-    losses=f"{__name__}.losses",
+    losses=f"{__package__}.losses",
     params=TeacherParams,
     architecture="DeepNN",
     role="teacher",
@@ -25,6 +25,6 @@ STUDENT_CE = Method(
     name="train_student_ce",
     label="Student (LightNN, CE)",
     summary="Train the LightNN student with cross-entropy alone (the baseline every method is compared to)",
-    losses=f"{__name__}.losses",
+    losses=f"{__package__}.losses",
     reference_accuracy=70.65,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdistill.methods.spec import Method, MethodParams, PositiveFloat, Weight
+from kdistill.methods.method import Method, MethodParams, PositiveFloat, Weight
 
 
 class Params(MethodParams):
@@ -16,6 +16,6 @@ METHOD = Method(
     label="Student, CE + KD",
     summary="LightNN with cross-entropy + soft-target KL (temperature T, scaled by T^2)",
     params=Params,
-    losses=f"{__name__}.losses",
+    losses=f"{__package__}.losses",
     reference_accuracy=70.49,
 )

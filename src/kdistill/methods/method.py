@@ -1,9 +1,10 @@
 """What a method declares, readable without torch: its name, typed params, losses module and report label.
 
-A method is a folder of its own, ``kdistill/methods/<name>/``: ``__init__.py`` defines
-``METHOD = Method(...)`` and its ``Params`` (pydantic only, so the control plane validates params,
-generates dvc.yaml and writes the report without importing torch), and ``losses.py`` its loss terms
-and ``objective(params, shapes) -> Objective`` (torch, the core and nothing heavier).
+A method is a folder of its own, ``kdistill/methods/<name>/``, with two modules: ``spec.py``
+defines ``METHOD = Method(...)`` and its ``Params`` (pydantic only, so the control plane validates
+params, generates dvc.yaml and writes the report without importing torch), and ``losses.py`` its
+loss terms and ``objective(params, shapes) -> Objective`` (torch and the core, nothing heavier).
+The folder has no ``__init__.py``: importing the losses runs no spec, and the spec no losses.
 ``kdistill.control.registry`` finds the folders; everything else (the params model, each stage's
 params keys and code deps, dvc.yaml, the report's rows, the benchmark's) follows from them.
 """
@@ -11,9 +12,8 @@ params keys and code deps, dvc.yaml, the report's rows, the benchmark's) follows
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,6 +61,6 @@ class Method:
         """The keys of this method's own section, in the order its params declare them."""
         return [f"{self.name}.{field}" for field in self.params.model_fields] if self.params else []
 
-    def objective_builder(self) -> Callable[[Any, Shapes], Objective]:
-        """``objective`` from the losses module, imported now (with torch)."""
-        return importlib.import_module(self.losses).objective
+    def build_objective(self, params: Section | None, shapes: Shapes) -> Objective:
+        """The losses module's ``objective(params, shapes)``; imports it (and torch) on first use."""
+        return importlib.import_module(self.losses).objective(params, shapes)

@@ -2,13 +2,17 @@ import copy
 
 import pytest
 import torch
+from benchmarks.speed import in_tutorial_order
 from torch.nn import Conv2d, MaxPool2d, ReLU
 
-from kdistill.benchmark import in_tutorial_order
-from kdistill.checkpoints import load_checkpoint, save_checkpoint
-from kdistill.engine import Runtime
+from kdistill.control.registry import METHODS
+from kdistill.core.networks import DeepNN, LightNN, build_model, count_parameters
+from kdistill.core.objectives import Shapes
+from kdistill.core.runtime import Runtime
 from kdistill.errors import DataError
-from kdistill.models import DeepNN, LightNN, build_model, count_parameters
+from kdistill.methods.baselines.spec import STUDENT_CE
+from kdistill.pipeline.checkpoints import load_checkpoint, save_checkpoint
+from kdistill.pipeline.training import seeded_start
 
 # The tutorial's feature extractors, layer by layer, as its code writes them.
 TUTORIAL_FEATURES = {
@@ -53,12 +57,16 @@ def test_pooling_before_the_relu_computes_exactly_what_the_tutorials_order_does(
     assert all(torch.equal(a, b) for a, b in zip(ours_grads, their_grads, strict=True))
 
 
-def test_same_seed_same_student():
-    torch.manual_seed(42)
-    first = LightNN()
-    torch.manual_seed(42)
-    second = LightNN()
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_starts_a_seed_from_the_ce_students_weights(name):
+    method = METHODS[name]
+    shapes = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
+    baseline, _ = seeded_start(STUDENT_CE, STUDENT_CE.build_objective, None, shapes, 10, seed=7)
+    torch.manual_seed(0)  # whatever ran before in the process
+    student, _ = seeded_start(method, method.build_objective, method.params(), shapes, 10, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(baseline.state_dict().values(), student.state_dict().values(), strict=True))
+    other, _ = seeded_start(method, method.build_objective, method.params(), shapes, 10, seed=8)
+    assert not torch.equal(other.state_dict()["features.0.weight"], student.state_dict()["features.0.weight"])
 
 
 def test_checkpoint_rebuilds_the_network_from_its_file(tmp_path):

@@ -9,7 +9,7 @@ maps are 8x8, so no resizing is needed; the channel counts (16 vs 32) may differ
 
 from __future__ import annotations
 
-from kdistill.methods.spec import Method, MethodParams, Weight
+from kdistill.methods.method import Method, MethodParams, Weight
 
 
 class Params(MethodParams):
@@ -22,5 +22,5 @@ METHOD = Method(
     label="Student, CE + attention transfer",
     summary="LightNN with cross-entropy + attention transfer on the last feature maps (beta = 1000)",
     params=Params,
-    losses=f"{__name__}.losses",
+    losses=f"{__package__}.losses",
 )

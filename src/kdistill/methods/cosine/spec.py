@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdistill.methods.spec import Method, MethodParams, Weight
+from kdistill.methods.method import Method, MethodParams, Weight
 
 
 class Params(MethodParams):
@@ -15,6 +15,6 @@ METHOD = Method(
     label="Student, CE + cosine",
     summary="LightNN with cross-entropy + cosine loss on hidden representations",
     params=Params,
-    losses=f"{__name__}.losses",
+    losses=f"{__package__}.losses",
     reference_accuracy=70.12,
 )

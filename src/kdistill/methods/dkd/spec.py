@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kdistill.methods.spec import Method, MethodParams, PositiveFloat, Weight
+from kdistill.methods.method import Method, MethodParams, PositiveFloat, Weight
 
 
 class Params(MethodParams):
@@ -30,5 +30,5 @@ METHOD = Method(
     label="Student, CE + DKD",
     summary="LightNN with cross-entropy + decoupled KD (target-class term alpha, non-target term beta, temperature T)",
     params=Params,
-    losses=f"{__name__}.losses",
+    losses=f"{__package__}.losses",
 )
