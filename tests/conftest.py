@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import fcntl
 import functools
 import http.server
+import json
 import os
 import shutil
 import threading
@@ -96,7 +98,7 @@ def slow_archive(tmp_path_factory) -> tuple[Path, str]:
     return path, make_cifar10_archive(path, per_batch=300, test=100, seed=5)
 
 
-PIPELINE_SEEDS = [42, 7]  # a test module may set its own PIPELINE_SEEDS
+PIPELINE_SEEDS = [42, 7]
 
 
 @dataclass(frozen=True)
@@ -107,42 +109,78 @@ class FirstRun:
     finished_ms: float  # MLflow runs that started before this are the first run's
 
 
-@pytest.fixture(scope="module")
-def pipeline(request, tmp_path_factory, cifar_archive):
-    """A project copy that has run `dvc repro` once, 1 epoch, on data fetched over loopback HTTP.
+def _git_env() -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
 
-    One per test module: `make test` runs the modules in parallel, each with its own copy.
-    """
-    archive, digest = cifar_archive
-    project = copy_project(tmp_path_factory.mktemp("project"))
+
+def _first_run(base: Path, archive: Path, digest: str) -> FirstRun:
+    """`dvc repro` once, 1 epoch, two seeds, on data fetched over loopback HTTP, in ``base/project``."""
+    env = _git_env()
+    project = copy_project(base / "project")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    set_param(project, "data.url", f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
-    set_param(project, "data.md5", digest)
-    # All three keys of the source: the checkout's params.yaml may point elsewhere (the README's
-    # offline `make pipeline DATA=… DATA_FORMAT=imagefolder` writes them).
-    set_param(project, "data.format", "cifar10")
-    set_param(project, "train.epochs", 1)
-    set_param(project, "seeds", getattr(request.module, "PIPELINE_SEEDS", PIPELINE_SEEDS))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    sh("git", "init", "-q", cwd=project, env=env)
-    sh("git", "config", "user.name", "test", cwd=project, env=env)
-    sh("git", "config", "user.email", "test@example.com", cwd=project, env=env)
-    sh("git", "add", "-A", cwd=project, env=env)
-    sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
-    ran = repro(project, env)
+    try:
+        set_param(project, "data.url", f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
+        set_param(project, "data.md5", digest)
+        # All three keys of the source: the checkout's params.yaml may point elsewhere (the README's
+        # offline `make pipeline DATA=… DATA_FORMAT=imagefolder` writes them).
+        set_param(project, "data.format", "cifar10")
+        set_param(project, "train.epochs", 1)
+        set_param(project, "seeds", PIPELINE_SEEDS)
+        sh("git", "init", "-q", cwd=project, env=env)
+        sh("git", "config", "user.name", "test", cwd=project, env=env)
+        sh("git", "config", "user.email", "test@example.com", cwd=project, env=env)
+        sh("git", "add", "-A", cwd=project, env=env)
+        sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
+        ran = repro(project, env)
+    finally:
+        server.shutdown()
+        server.server_close()
     # What the first run left, kept aside: other tests change the project, in any order.
     commit = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
-    first = FirstRun(ran, commit, project.parent / "first-run", time.time() * 1000)
+    first = FirstRun(ran, commit, base / "first-run", time.time() * 1000)
     for name in ("metrics", "models"):
         shutil.copytree(project / name, first.outputs / name)
-    yield project, env, first
-    server.shutdown()
-    server.server_close()
+    return first
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory, cifar_archive) -> tuple[Path, FirstRun]:
+    """One first run for the whole session, whichever worker asks first: every module copies it.
+
+    Its MLflow store keeps its artifacts where the first run put them (under this project), so the
+    copies' new runs also land there, each under its own run id.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the directory all workers of this session share
+    record = shared / "first-run.json"
+    with open(shared / "first-run.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():
+            first = _first_run(shared / "first", *cifar_archive)
+            record.write_text(json.dumps({"ran": sorted(first.ran), "commit": first.commit,
+                                          "outputs": str(first.outputs), "finished_ms": first.finished_ms}))
+    saved = json.loads(record.read_text())
+    return shared / "first" / "project", FirstRun(set(saved["ran"]), saved["commit"], Path(saved["outputs"]),
+                                                  saved["finished_ms"])
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, first_run):
+    """A project copy that has run `dvc repro` once (``first_run``), one per test module.
+
+    `make test` runs the modules in parallel, each with its own copy.
+    """
+    template, first = first_run
+    project = tmp_path_factory.mktemp("project") / "project"
+    shutil.copytree(template, project, symlinks=True)
+    yield project, _git_env(), first
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -32,6 +33,28 @@ def third_party_imports() -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 found.add(node.module.split(".")[0])
     return found - set(sys.stdlib_module_names) - {"kdistill", "__future__"}
+
+
+def site_without(names: tuple[str, ...], root: Path) -> Path:
+    """This environment's site-packages as links, less ``names`` (packages, modules and their metadata)."""
+    import site
+
+    root.mkdir(parents=True)
+    for directory in map(Path, site.getsitepackages()):
+        for entry in directory.iterdir():
+            top = entry.name.split("-")[0].split(".")[0].lower()
+            if top not in names and not (root / entry.name).exists():
+                (root / entry.name).symlink_to(entry)
+    return root
+
+
+def run_without(names: tuple[str, ...], args: list[str], cwd: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``python -S <args>`` (no site-packages of its own) on a copy of this environment less ``names``."""
+    site = site_without(names, tmp_path / f"site-without-{'-'.join(names)}")
+    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                               "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}:{site}",
+                               "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "true"})
 
 
 def committed_params() -> dict:

@@ -17,7 +17,8 @@ import yaml
 from helpers import ROOT, shipped_params
 from kdistill.sources.prepare import prepare
 
-STAGE = "train_teacher"
+# The CE student: a training like any other (resume, tracking, outputs), a quarter of the teacher's work per image.
+STAGE = "train_student_ce"
 
 
 def make_project(path: Path, archive: Path, digest: str, epochs: int) -> Path:
@@ -30,6 +31,7 @@ def make_project(path: Path, archive: Path, digest: str, epochs: int) -> Path:
     params = shipped_params()
     params["data"].update(url=str(archive), md5=digest, format="cifar10")
     params["train"]["epochs"] = epochs
+    params["seeds"] = [42]
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     prepare(str(archive), digest, "cifar10", path / "data" / "raw", path / "data" / "dataset.pt")
     return path

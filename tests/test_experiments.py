@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import PIPELINE_SEEDS
 from helpers import BIN, commit_all, free_port, repro, set_param, sh, stage_record, state_kept, wait_for_http
 from kdistill.control.registry import METHODS, TRAININGS, stage_param_keys
 
 pytestmark = pytest.mark.e2e
-# One seed is enough here (the review test sets its own three): each seed is a model export and a
-# run per stage, and these tests are about experiments, not statistics.
-PIPELINE_SEEDS = SEEDS = [42]
+SEEDS = PIPELINE_SEEDS
 TRAINING_STAGES = list(TRAININGS)
 
 

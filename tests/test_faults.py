@@ -67,7 +67,7 @@ def test_a_resume_point_made_by_other_code_is_not_used(tmp_path, slow_archive):
     archive, digest = slow_archive
     project = make_project(tmp_path / "p", archive, digest, epochs=2)
     kill_when(project, after_epoch(1))
-    engine = project / "src" / "kdistill" / "engine.py"
+    engine = project / "src" / "kdistill" / "core" / "engine.py"
     engine.write_text(engine.read_text() + "\n# an edit to the training code\n")
     result = subprocess.run(stage_command(STAGE), cwd=project, env=stage_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

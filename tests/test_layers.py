@@ -4,9 +4,7 @@ control plane and the analysis never import torch, and no training depends on th
 from __future__ import annotations
 
 import ast
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from helpers import run_without
 from kdistill.control.registry import STAGES, TRAININGS
 
 SRC = ROOT / "src"
@@ -97,27 +96,6 @@ def test_method_specs_are_readable_without_torch_and_losses_without_pydantic():
             assert "torch" not in third_party, f"{module} is a spec: it must not import torch"
 
 
-def _site_without(names: tuple[str, ...], root: Path) -> Path:
-    """This environment's site-packages as links, less ``names`` (packages, modules and their metadata)."""
-    import site
-
-    root.mkdir(parents=True)
-    for directory in map(Path, site.getsitepackages()):
-        for entry in directory.iterdir():
-            top = entry.name.split("-")[0].split(".")[0].lower()
-            if top not in names and not (root / entry.name).exists():
-                (root / entry.name).symlink_to(entry)
-    return root
-
-
-def _run_without(names: tuple[str, ...], args: list[str], cwd: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """``python -S <args>`` (no site-packages of its own) on a copy of this environment less ``names``."""
-    site = _site_without(names, tmp_path / f"site-without-{'-'.join(names)}")
-    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": f"{SRC}:{site}",
-                               "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "true"})
-
-
 TRAIN_WITH_THE_CORE = """
 import sys
 import torch
@@ -151,11 +129,11 @@ print("trained", [round(r.train_loss, 4) for r in history])
 def test_the_core_and_a_methods_losses_train_where_only_torch_is_installed(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(f"HEAVY = {HEAVY!r}\n{TRAIN_WITH_THE_CORE}")
-    result = _run_without(HEAVY, [str(script)], tmp_path, tmp_path)
+    result = run_without(HEAVY, [str(script)], tmp_path, tmp_path)
     assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-3000:]
     # The environment really lacks them (else this test would pass vacuously).
     for name in ("yaml", "mlflow"):
-        missing = _run_without(HEAVY, ["-c", f"import {name}"], tmp_path, tmp_path / f"probe-{name}")
+        missing = run_without(HEAVY, ["-c", f"import {name}"], tmp_path, tmp_path / f"probe-{name}")
         assert missing.returncode != 0 and "ModuleNotFoundError" in missing.stderr
 
 
@@ -185,16 +163,16 @@ def test_the_control_plane_and_the_analysis_never_import_torch(tmp_path):
     project.mkdir()
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, project / name)
-    checked = _run_without(TORCH, [str(ROOT / "stages" / "check_params.py")], project, tmp_path / "a")
+    checked = run_without(TORCH, [str(ROOT / "stages" / "check_params.py")], project, tmp_path / "a")
     assert checked.returncode == 0 and (project / "data" / "params.checked").is_file(), checked.stderr[-3000:]
     _fake_results(project)
-    reported = _run_without(TORCH, [str(ROOT / "stages" / "report.py")], project, tmp_path / "b")
+    reported = run_without(TORCH, [str(ROOT / "stages" / "report.py")], project, tmp_path / "b")
     assert reported.returncode == 0, reported.stderr[-3000:]
     assert "| Student, CE + KD " in (project / "metrics" / "report.md").read_text()
-    absent = _run_without(TORCH, ["-c", "import torch"], project, tmp_path / "d")
+    absent = run_without(TORCH, ["-c", "import torch"], project, tmp_path / "d")
     assert absent.returncode != 0 and "ModuleNotFoundError" in absent.stderr
     for index, args in enumerate((["review", "--help"], ["dvc-yaml", "--check"])):
-        result = _run_without(TORCH, ["-m", "kdistill.cli", *args], ROOT, tmp_path / f"c{index}")
+        result = run_without(TORCH, ["-m", "kdistill.cli", *args], ROOT, tmp_path / f"c{index}")
         assert result.returncode == 0, f"kdistill {' '.join(args)}: {result.stderr[-3000:]}"
 
 

@@ -50,7 +50,7 @@ def test_every_output_is_there_and_self_describing(pipeline):
         seconds = metrics["seconds"]  # where the stage's time went
         assert seconds["epochs"] == pytest.approx(history["epoch_seconds"].sum() * len(seeds), abs=0.05)
         # The phases cover the stage: what none of them timed is a rounding error, not a hidden cost.
-        assert -0.05 <= seconds["other"] < 0.5 and seconds["total"] == pytest.approx(metrics["wall_time_s"], abs=0.5)
+        assert -0.05 <= seconds["other"] < 0.5 and seconds["total"] >= metrics["wall_time_s"] > seconds["start-up"]
         assert min(seconds["start-up"], seconds["load"], seconds["tracking"], seconds["outputs"]) > 0
         assert (seconds["model export"] > 0) and (("teacher outputs cache" in seconds) == (stage == "train_teacher"))
     report = json.loads((outputs / "metrics" / "report.json").read_text())

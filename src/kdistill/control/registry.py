@@ -31,9 +31,9 @@ def discover() -> dict[str, Method]:
         method = getattr(module, "METHOD", None)
         if not isinstance(method, Method):
             raise TypeError(f"{module.__name__} defines no METHOD = Method(...)")
-        if not method.name.startswith(METHOD_PREFIX) or method.name in found:
-            raise ValueError(f"{module.__name__}: method name {method.name!r} must start with "
-                             f"{METHOD_PREFIX!r} and be unique")
+        if method.name != f"{METHOD_PREFIX}{folder}":
+            raise ValueError(f"{module.__name__}: the method in methods/{folder}/ must be named "
+                             f"{METHOD_PREFIX}{folder!r}, not {method.name!r}")
         found[method.name] = method
     return found
 
