@@ -38,12 +38,24 @@ def _review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set(args: argparse.Namespace) -> int:
+    from kdistill.control.edit import set_params
+
+    layout = Layout(project_root())
+    changed = set_params(layout.params, args.assignments)
+    print(f"params.yaml: set {', '.join(changed)}" if changed else "params.yaml: nothing to change")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("dvc-yaml", help="regenerate dvc.yaml and stages/*.py from the method registry")
     generate.add_argument("--check", action="store_true", help="only check; exit 1 if anything is out of step")
     generate.set_defaults(run=_dvc_yaml)
+    assign = commands.add_parser("set", help="change params.yaml in place (comments kept), validating the result first")
+    assign.add_argument("assignments", nargs="+", metavar="key=value", help="a dotted key and a YAML value, e.g. distill_kd.T=4")
+    assign.set_defaults(run=_set)
     review = commands.add_parser("review", help="compare two revisions, experiments or the workspace, method by method")
     review.add_argument("--baseline", default="HEAD", help="git revision, DVC experiment or `workspace` (default: HEAD)")
     review.add_argument("--candidate", default="workspace", help="the same kinds (default: workspace)")

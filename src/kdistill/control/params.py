@@ -21,13 +21,14 @@ from kdistill.methods.method import Channel, Method, PositiveFloat, Section, See
 # What every training stage reads besides its own section (and the seeds it trains with).
 TRAINING_KEYS = ("data.mean", "data.std", "train.epochs", "train.batch_size", "train.lr", "train.precision",
                  "train.device")
-DOWNLOAD_KEYS = ("data.url", "data.md5", "data.format")
+DOWNLOAD_KEYS = ("data.url", "data.md5", "data.format", "data.train_images")
 
 
 class DataParams(Section):
     url: str = Field(min_length=1)
     md5: str = Field(pattern=r"^[0-9a-f]{32}$")
     format: Literal["cifar10", "imagefolder"]
+    train_images: int = Field(ge=0)  # 0: every training image; N: a fixed random N of them (a quick run)
     mean: Annotated[list[Channel], Field(min_length=3, max_length=3)]  # per RGB channel
     std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
 

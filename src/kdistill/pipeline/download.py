@@ -14,6 +14,6 @@ def download_stage() -> None:
 
 def run_download(layout: Layout) -> None:
     data = load_params(layout.params, only_known_sections=True).data
-    dataset = prepare(data.url, data.md5, data.format, layout.raw_dir, layout.dataset)
+    dataset = prepare(data.url, data.md5, data.format, layout.raw_dir, layout.dataset, train_images=data.train_images)
     print(f"download: {len(dataset.train_labels)} train and {len(dataset.test_labels)} test images, "
           f"{len(dataset.classes)} classes -> {layout.dataset}")

@@ -53,6 +53,18 @@ class ImageDataset:
             hasher.update(tensor.contiguous().numpy().data)
         return hasher.hexdigest()[:16]
 
+    def train_subset(self, size: int) -> ImageDataset:
+        """``size`` training images drawn without replacement by a fixed seed, in their original order.
+
+        Random, not the first ``size``: an image folder lists its images class by class.
+        """
+        available = len(self.train_labels)
+        if size > available:
+            raise DataError(f"data.train_images is {size}, but the archive has {available} training images")
+        chosen = torch.randperm(available, generator=torch.Generator().manual_seed(0))[:size].sort().values
+        return ImageDataset(self.train_images[chosen], self.train_labels[chosen], self.test_images, self.test_labels,
+                            self.classes)
+
     def validate(self) -> None:
         n = len(self.classes)
         for split in SPLITS:
