@@ -26,7 +26,7 @@ ALLOWED = {
     "core": {"torch", "numpy", "tqdm"},
     "methods": {"pydantic", "torch"},  # specs: pydantic; losses: torch
     "sources": {"torch", "numpy", "tqdm", "PIL"},
-    "control": {"pydantic", "yaml"},
+    "control": {"pydantic", "yaml", "ruamel"},
 }
 # What a borrowed GPU box lacks: the subprocesses below run on a copy of this environment without them.
 HEAVY = ("mlflow", "dvc", "pydantic", "yaml", "pandas", "scipy", "matplotlib", "sqlalchemy")

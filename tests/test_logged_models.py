@@ -53,16 +53,26 @@ def test_load_network_gives_the_trained_module_in_eval_mode(logged):
     assert network.training and not torch.equal(network(images), network(images))
 
 
-def _tampered_copy(uri: str, root: Path, tmp_path: Path) -> str:
-    """The logged model's files with one weight record replaced by a pickle that would run code."""
+class _RunsCode:
+    """Unpickled, it creates ``marker``: proof that loading ran code from the archive."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _tampered_copy(uri: str, marker: Path, tmp_path: Path) -> str:
+    """The logged model's files with its pickled record (the sample inputs) replaced by one that would run code."""
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
     archive = next(local.rglob("*.pt2"))
     with zipfile.ZipFile(archive) as source:
         members = {info.filename: source.read(info) for info in source.infolist()}
-    victim = next(name for name in members if "/data/weights/" in name or name.endswith("constants.pt"))
-    members[victim] = pickle.dumps(os.system)  # what a crafted archive carries
+    victim = next(name for name in members if name.endswith("sample_inputs/model.pt"))
+    members[victim] = pickle.dumps(_RunsCode(marker))  # what a crafted archive carries
     with zipfile.ZipFile(archive, "w") as rewritten:
         for name, payload in members.items():
             rewritten.writestr(name, payload)
@@ -70,11 +80,13 @@ def _tampered_copy(uri: str, root: Path, tmp_path: Path) -> str:
 
 
 def test_a_tampered_archive_is_refused_even_where_mlflow_would_allow_pickles(logged, tmp_path, monkeypatch):
-    uri, _, root = logged
-    tampered = _tampered_copy(uri, root, tmp_path)
+    uri, _, _ = logged
+    marker = tmp_path / "code-ran"
+    tampered = _tampered_copy(uri, marker, tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     with pytest.raises(DataError, match="refused"):
         load_network(tampered)
+    assert not marker.exists(), "the archive's pickle was run"
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true", "the caller's setting is put back"
 
 
@@ -127,7 +139,9 @@ def test_a_model_logged_on_a_cuda_host_predicts_on_the_cpu(tmp_path):
 def test_mlflow_models_serve_answers_with_the_networks_logits(logged, tmp_path):
     uri, trained, root = logged
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    # The server runs `uvicorn` from PATH: the project's, activated or not.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
                                "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -74,7 +74,7 @@ def load_network(model_uri: str) -> ConvClassifier:
     with _pickle_free_check():
         try:
             exported = mlflow.pytorch.load_model(model_uri)
-        except mlflow.exceptions.MlflowException as error:
+        except (mlflow.exceptions.MlflowException, ValueError, RuntimeError, OSError) as error:
             raise DataError(f"{model_uri}: refused: {error}") from None
     network = build_model(**config)
     network.load_state_dict(exported.state_dict(), strict=True)
