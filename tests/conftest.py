@@ -29,14 +29,14 @@ FIXTURE_MARKERS = {"file_server": "server", "pipeline": "e2e", "restored": "e2e"
 
 
 # `make test` hands whole files to its three workers (xdist --dist loadfile). By default xdist
-# starts with the files that have the most tests, so the one-test team file started last and kept a
-# worker busy for two minutes after the others had finished. Instead, the files that run stage
-# processes go first, longest first (worker seconds measured with `--durations=0`: about 300, 200,
-# 175, 120, 55 and 30; refresh when they change). The one-test team file takes a second file at once
-# (xdist keeps two ahead), so the 120 s one follows it. The rest follow in pytest-randomly's order,
-# which also orders each file's tests.
-LONGEST_FIRST = ("test_experiments.py", "test_pipeline.py", "test_team.py", "test_faults.py",
-                 "test_tracking_faults.py", "test_benchmark.py")
+# starts with the files that have the most tests, so a one-test file that runs whole pipelines
+# would start last and keep a worker busy after the others had finished. Instead, the files that
+# run stage processes go first, longest first. test_experiments.py builds the session's first run
+# (``first_run``), which test_pipeline.py then copies: it comes after files that need no first run,
+# so that no worker waits for it. The rest follow in pytest-randomly's order, which also orders
+# each file's tests.
+LONGEST_FIRST = ("test_experiments.py", "test_team.py", "test_faults.py", "test_tracking_faults.py",
+                 "test_pipeline.py", "test_logged_models.py", "test_benchmark.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
