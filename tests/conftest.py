@@ -32,11 +32,12 @@ FIXTURE_MARKERS = {"file_server": "server", "pipeline": "e2e", "restored": "e2e"
 # starts with the files that have the most tests, so a one-test file that runs whole pipelines
 # would start last and keep a worker busy after the others had finished. Instead, the files that
 # run stage processes go first, longest first. test_experiments.py builds the session's first run
-# (``first_run``), which test_pipeline.py then copies: it comes after files that need no first run,
-# so that no worker waits for it. The rest follow in pytest-randomly's order, which also orders
+# (``first_run``), which the other end-to-end files copy: they come after files that need none, so
+# that no worker waits for it. The rest follow in pytest-randomly's order, which also orders
 # each file's tests.
 LONGEST_FIRST = ("test_experiments.py", "test_team.py", "test_faults.py", "test_tracking_faults.py",
-                 "test_pipeline.py", "test_logged_models.py", "test_benchmark.py")
+                 "test_benchmark.py", "test_logged_models.py", "test_sweep.py", "test_add_method.py",
+                 "test_pipeline.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

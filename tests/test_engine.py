@@ -99,6 +99,35 @@ def test_auto_picks_cuda_then_mps_with_bf16_only_where_native(monkeypatch):
     assert (resolve_runtime().device.type, resolve_runtime().precision) == ("mps", "fp32")
 
 
+# In a fresh process: the settings are process-wide, and this one goes on testing.
+REPRODUCIBLE = """
+import json, os, torch
+from kdistill.core.runtime import Runtime, make_reproducible
+make_reproducible(Runtime(torch.device("cpu"), None))
+before = [torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+          torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision]
+make_reproducible(Runtime(torch.device("cuda"), None))  # no GPU needed to set them
+after = [torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision,
+         torch.backends.cudnn.benchmark]
+print(json.dumps([before, after]))
+"""
+
+
+def test_a_cuda_training_is_made_deterministic_and_ieee_fp32_a_cpu_one_left_alone():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "CUBLAS_WORKSPACE_CONFIG"}
+    result = subprocess.run([sys.executable, "-c", REPRODUCIBLE], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after = json.loads(result.stdout)
+    assert before[:2] == [False, None] and "ieee" not in before[2:]
+    assert after == [True, ":4096:8", "ieee", "ieee", False]
+
+
 def test_images_are_prepared_on_the_runtimes_device():
     # A "meta" device stands in for a GPU: the split must be prepared there, not on the CPU.
     images, labels = raw_split(20, 5)

@@ -1,22 +1,20 @@
-"""Experiments and collaboration on the real pipeline (a tiny CIFAR-10-layout archive, 1 epoch, two
-seeds): diffs between commits, a queued parallel sweep, the tracking server, adding a method, review."""
+"""Experiments on the real pipeline (a tiny CIFAR-10-layout archive, 1 epoch, two seeds): diffs between
+commits, and `kdistill review` of two experiments."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from conftest import PIPELINE_SEEDS
-from helpers import BIN, commit_all, free_port, repro, set_param, sh, stage_record, state_kept, wait_for_http
-from kdistill.control.registry import METHODS, TRAININGS, stage_param_keys
+from helpers import BIN, commit_all, repro, set_param, sh
+from kdistill.control.registry import METHODS, TRAININGS
 
 pytestmark = pytest.mark.e2e
 SEEDS = PIPELINE_SEEDS
@@ -39,191 +37,6 @@ def test_params_and_metrics_diff_between_two_commits(restored):
         (project / "metrics" / "distill_kd.json").read_text())["test_accuracy"]
     assert "metrics/train_teacher.json" not in metrics_diff or not any(
         "diff" in v and v["diff"] for v in metrics_diff["metrics/train_teacher.json"].values())
-
-
-def test_queued_sweep_runs_in_parallel_into_the_projects_one_store(restored):
-    from mlflow.tracking import MlflowClient
-
-    project, env, _ = restored
-    commit_all(project, env, "before sweep")
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment_id = client.get_experiment_by_name("knowledge-distillation").experiment_id
-    runs_before = len(client.search_runs([experiment_id], max_results=1000))
-    started_ms = time.time() * 1000
-    # Temperatures no other test uses: DVC's run-cache would otherwise restore them without running.
-    sh(str(BIN / "dvc"), "exp", "run", "--queue", "-S", "distill_kd.T=1,3", cwd=project, env=env)
-    # One thread each, as the README says: two experiments of two threads each on two cores busy-wait.
-    sh(str(BIN / "dvc"), "queue", "start", "-j", "2", cwd=project, env={**env, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = sh(str(BIN / "dvc"), "queue", "status", cwd=project, env=env)
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(5)  # each poll is a `dvc` process: polling often would slow the experiments it waits for
-    assert status.count("Success") == 2, status
-    shown = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=project, env=env))
-    experiments = {exp["name"]: exp for rev in shown for exp in (rev.get("experiments") or [])}
-    assert len(experiments) == 2
-    temperatures = set()
-    for name, exp in experiments.items():
-        data = exp["revs"][0]["data"]
-        temperatures.add(data["params"]["params.yaml"]["data"]["distill_kd"]["T"])
-        assert "test_accuracy" in data["metrics"]["metrics/distill_kd.json"]["data"]
-        logs = sh(str(BIN / "dvc"), "queue", "logs", name, cwd=project, env=env)
-        assert "database is locked" not in logs
-    assert temperatures == {1, 3}
-    runs = client.search_runs([experiment_id], max_results=1000)
-    # each experiment: distill_kd (one run per seed) and report, all in the project's store
-    assert len(runs) - runs_before == 2 * (len(SEEDS) + 1)
-    tagged = {run.data.tags.get("dvc.experiment") for run in runs if run.info.start_time >= started_ms}
-    assert tagged == set(experiments)
-    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
-
-
-@pytest.mark.server
-def test_mlflow_server_on_loopback_serves_every_stages_runs_over_rest(pipeline, tmp_path):
-    import urllib.request
-
-    project, env, _ = pipeline
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_http(f"{base}/health", server)
-
-        def call(path: str, body: dict | None = None) -> dict:
-            data = json.dumps(body).encode() if body is not None else None
-            request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=data,
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
-
-        experiment = call("experiments/get-by-name?experiment_name=knowledge-distillation")["experiment"]
-        runs = call("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
-        for stage in TRAINING_STAGES:
-            metrics = stage_record(project, stage)
-            served = {run["info"]["run_id"]: run for run in runs}
-            for seed, run_id in metrics["mlflow_run_ids"].items():
-                run = served[run_id]
-                params = {p["key"]: p["value"] for p in run["data"]["params"]}
-                values = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-                assert run["info"]["run_name"] == stage and params["seed"] == seed
-                assert {*stage_param_keys(stage), "seed", "method", "ce_loss_weight"} <= set(params)
-                assert values["test_accuracy"] == pytest.approx(metrics["per_seed"][seed])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-TOY_SPEC = '''"""KD whose temperature falls linearly from T_start to T_end over the first anneal_epochs (a toy)."""
-
-from __future__ import annotations
-
-from pydantic import Field
-
-from kdistill.methods.method import Method, MethodParams, PositiveFloat, Weight
-
-
-class Params(MethodParams):
-    T_start: PositiveFloat = 8.0
-    T_end: PositiveFloat = 2.0
-    anneal_epochs: float = Field(default=1.0, gt=0)
-    soft_target_loss_weight: Weight = 0.25
-    ce_loss_weight: Weight = 0.75
-
-
-METHOD = Method(name="distill_annealed", label="Student, CE + annealed KD",
-                summary="LightNN with cross-entropy + KD at a temperature annealed from T_start to T_end",
-                losses=f"{__package__}.losses", params=Params)
-'''
-
-TOY_LOSSES = '''"""The annealed KD's loss."""
-
-from __future__ import annotations
-
-from kdistill.core.objectives import Objective, Shapes, Term, cross_entropy
-from kdistill.methods.kd.losses import SoftTargetLoss
-
-
-class AnnealedSoftTargetLoss(SoftTargetLoss):
-    def __init__(self, start: float, end: float, epochs: float) -> None:
-        super().__init__(start)
-        self.start, self.end, self.epochs = start, end, epochs
-
-    def forward(self, student_logits, teacher_logits, progress):
-        self.temperature = self.start + (self.end - self.start) * min(progress / self.epochs, 1.0)
-        return super().forward(student_logits, teacher_logits)
-
-
-def objective(params, shapes: Shapes) -> Objective:
-    loss = AnnealedSoftTargetLoss(params.T_start, params.T_end, params.anneal_epochs)
-    return Objective([Term("soft_target", params.soft_target_loss_weight, loss,
-                           ("student_logits", "teacher_logits", "progress")),
-                      cross_entropy(params.ce_loss_weight)])
-'''
-
-TOY_PARAMS = """
-distill_annealed:  # a toy: KD with an annealed temperature
-  T_start: 8.0
-  T_end: 2.0
-  anneal_epochs: 1.0
-  soft_target_loss_weight: 0.25
-  ce_loss_weight: 0.75
-"""
-
-
-@pytest.fixture
-def toy_method_added(pipeline):
-    """README's "Add a method" steps in the pipeline's project, undone afterwards."""
-    project, env, _ = pipeline
-    commit_all(project, env, "before the toy method")
-    with state_kept(project):
-        yield project, env
-        shutil.rmtree(project / "src" / "kdistill" / "methods" / "annealed", ignore_errors=True)  # a failed test may leave it
-
-
-def test_adding_a_method_is_one_folder_one_params_section_and_a_regenerated_dvc_yaml(toy_method_added):
-    from mlflow.tracking import MlflowClient
-
-    project, env = toy_method_added
-    # 1. the method's folder (spec, losses); 2. its params.yaml section; 3. `kdistill dvc-yaml` (run from this copy)
-    folder = project / "src" / "kdistill" / "methods" / "annealed"
-    folder.mkdir()
-    (folder / "spec.py").write_text(TOY_SPEC)
-    (folder / "losses.py").write_text(TOY_LOSSES)
-    with open(project / "params.yaml", "a") as params:
-        params.write(TOY_PARAMS)
-    sh(sys.executable, "-m", "kdistill.cli", "dvc-yaml", cwd=project, env={**env, "PYTHONPATH": "src"})
-    status = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=project, env=env).splitlines()
-    assert sorted(line[3:] for line in status) == [
-        "dvc.yaml", "params.yaml", "src/kdistill/methods/annealed/losses.py", "src/kdistill/methods/annealed/spec.py",
-        "stages/distill_annealed.py"]
-    # 4. dvc repro runs the new stage (and the checks and report that read every method), nothing else
-    assert repro(project, env) == {"check_params", "distill_annealed", "report"}
-    metrics = stage_record(project, "distill_annealed")
-    assert list(metrics["per_seed"]) == [str(s) for s in SEEDS]
-    rows = {row["stage"]: row for row in json.loads((project / "metrics" / "report.json").read_text())["rows"]}
-    assert rows["distill_annealed"]["method"] == "Student, CE + annealed KD" and rows["distill_annealed"]["seeds"] == len(SEEDS)
-    assert "Student, CE + annealed KD " in (project / "metrics" / "report.md").read_text()
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("knowledge-distillation").experiment_id
-    runs = client.search_runs([experiment], "attributes.run_name = 'distill_annealed'")
-    assert sorted(r.data.tags["seed"] for r in runs) == sorted(str(s) for s in SEEDS)
-    assert {r.data.params["distill_annealed.T_start"] for r in runs} == {"8.0"}
-    terms = [m.key for m in client.get_metric_history(runs[0].info.run_id, "train_loss.soft_target")]
-    assert terms, "the new method's loss terms are logged by name"
-
-    # Removing it again (folder, section, regenerated files) reruns the report: no stale row stays.
-    shutil.rmtree(folder)
-    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(TOY_PARAMS, ""))
-    sh(sys.executable, "-m", "kdistill.cli", "dvc-yaml", cwd=project, env={**env, "PYTHONPATH": "src"})
-    assert not (project / "stages" / "distill_annealed.py").exists(), "the generator removes the scripts it made"
-    assert repro(project, env) == {"check_params", "report"}
-    rows = json.loads((project / "metrics" / "report.json").read_text())["methods"]
-    assert set(rows) == set(TRAINING_STAGES)
 
 
 def test_review_compares_two_experiments_over_three_seeds(restored):

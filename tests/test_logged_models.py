@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -99,40 +98,26 @@ def test_pyfunc_predicts_what_the_network_computes(logged):
     assert np.allclose(predicted, trained(torch.from_numpy(images)).detach().numpy(), atol=1e-5)
 
 
-# On a host with CUDA, MLflow's pyfunc moves models to the GPU; a model exported on the CPU refuses.
-# This process pretends to have CUDA (nothing runs on it): logging must still check the serving
-# input on the CPU, and pyfunc predicts on the CPU after it, but not without the setting.
-ON_A_CUDA_HOST = """
-import os, sys, json, numpy as np, torch, mlflow
-torch.cuda.is_available = lambda: True
-from kdistill.core.networks import LightNN
-from kdistill.pipeline.logged_models import log_network
-mlflow.set_tracking_uri(sys.argv[1])
-with mlflow.start_run():
-    log_network(LightNN().eval(), "student")
-    run = mlflow.active_run().info.run_id
-(model,) = mlflow.search_logged_models(output_format="list", filter_string=f"source_run_id = '{run}'")
-images = np.zeros((2, 3, 32, 32), dtype=np.float32)
-out = {"device": os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE"),
-       "predicted": mlflow.pyfunc.load_model(model.model_uri).predict(images).shape[1]}
-del os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"]
-try:
-    mlflow.pyfunc.load_model(model.model_uri)
-    out["without"] = "loaded"
-except Exception as error:
-    out["without"] = type(error).__name__
-print(json.dumps(out))
-"""
+def test_a_model_logged_on_a_cuda_host_predicts_on_the_cpu(tmp_path, monkeypatch, caplog):
+    # On a host with CUDA, MLflow's pyfunc moves models to the GPU, and a model exported on the CPU
+    # refuses. This process pretends to have CUDA (nothing runs on it): logging must still check the
+    # serving input on the CPU, and pyfunc predict on the CPU after it, but not without the setting.
+    import mlflow
 
-
-def test_a_model_logged_on_a_cuda_host_predicts_on_the_cpu(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != PREDICTION_DEVICE[0]}
-    result = subprocess.run([sys.executable, "-c", ON_A_CUDA_HOST, f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out == {"device": "cpu", "predicted": 10, "without": "MlflowException"}
-    assert "can't be loaded on 'cuda'" not in result.stderr, "log_model's own serving check failed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv(PREDICTION_DEVICE[0], raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        log_network(LightNN().eval(), "student")
+        run = mlflow.active_run().info.run_id
+    assert "can't be loaded on 'cuda'" not in caplog.text, "log_model's own serving check failed"
+    (model,) = mlflow.search_logged_models(output_format="list", filter_string=f"source_run_id = '{run}'")
+    assert os.environ[PREDICTION_DEVICE[0]] == "cpu"
+    predicted = mlflow.pyfunc.load_model(model.model_uri).predict(np.zeros((2, 3, 32, 32), dtype=np.float32))
+    assert predicted.shape == (2, 10)
+    monkeypatch.delenv(PREDICTION_DEVICE[0])
+    with pytest.raises(mlflow.exceptions.MlflowException, match="can't be loaded on 'cuda'"):
+        mlflow.pyfunc.load_model(model.model_uri)
 
 
 @pytest.mark.server
