@@ -58,6 +58,7 @@ review: setup
 benchmark: setup
 	dvc repro download
 	PYTHONPATH=src python -m benchmarks.speed
+	PYTHONPATH=src python -m benchmarks.peak
 
 ui: setup
 	@echo "MLflow UI, opened on the runs: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"

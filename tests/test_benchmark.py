@@ -67,3 +67,13 @@ def test_the_gpu_check_runs_without_mlflow_dvc_or_pydantic_and_compares_every_tr
         assert row["max_relative_difference"] == 0 and row["deterministic"], name
         assert row["epoch_seconds"] > 0 and row["images_per_second"] > 0
     assert "distill_kd: max relative loss difference CPU vs cpu" in result.stdout
+
+
+def test_the_peak_benchmark_counts_each_networks_flops_against_the_matrix_products():
+    from benchmarks import peak
+
+    table = peak.main(["--size", "256", "--steps", "2", "--device", "cpu"])
+    steps = table[table.index.str.contains("training step")]
+    assert len(steps) == 2 and (steps["images/s"] > 0).all() and (steps["GFLOP/s"] > 0).all()
+    assert (steps["fraction of the matrix-product limit"] > 0).all()
+    assert table.index.str.contains("matrix product 256x256 \\(fp32\\)").any()
