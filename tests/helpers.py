@@ -41,6 +41,8 @@ def site_without(names: tuple[str, ...], root: Path) -> Path:
 
     root.mkdir(parents=True)
     for directory in map(Path, site.getsitepackages()):
+        if not directory.is_dir():  # some Pythons list site directories that do not exist
+            continue
         for entry in directory.iterdir():
             top = entry.name.split("-")[0].split(".")[0].lower()
             if top not in names and not (root / entry.name).exists():

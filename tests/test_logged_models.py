@@ -42,6 +42,15 @@ def logged(tmp_path_factory) -> tuple[str, LightNN, Path]:
     return model.model_uri, network.eval(), root
 
 
+@pytest.fixture(autouse=True)
+def _its_store(request):
+    """Tests of the logged network read it from its store, whatever another test pointed MLflow at."""
+    if "logged" in request.fixturenames:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{request.getfixturevalue('logged')[2] / 'mlflow.db'}")
+
+
 def test_load_network_gives_the_trained_module_in_eval_mode(logged):
     uri, trained, _ = logged
     network = load_network(uri)
