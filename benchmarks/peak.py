@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         rows[f"matrix product {args.size}x{args.size} ({name})"] = {"GFLOP/s": value}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = f"on {runtime.device} ({dtype}), {torch.get_num_threads()} threads"
-    print(table.to_markdown(floatfmt=".2f", missingval=""))
+    print(table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".2f", missingval=""))
     return table
 
 
