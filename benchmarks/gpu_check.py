@@ -63,7 +63,7 @@ def _sync(runtime: Runtime) -> None:
         torch.cuda.synchronize(runtime.device)
 
 
-def first_steps(name: str, network: type, build: object, data: DeviceImages, teacher: dict[str, torch.Tensor],
+def first_steps(network: type, build: object, data: DeviceImages, teacher: dict[str, torch.Tensor],
                 runtime: Runtime, steps: int, batch: int) -> tuple[list[float], torch.Tensor]:
     """The total loss of each of the first ``steps`` steps, and the weights after them (flattened, on the CPU)."""
     torch.manual_seed(42)
@@ -132,9 +132,9 @@ def check(device: str, images: int, steps: int, batch: int) -> dict:
     for name, (network, build) in found.items():
         reads = build().teacher_outputs
         pick = lambda outputs, reads=reads: {k: v for k, v in outputs.items() if k in reads}  # noqa: E731
-        reference, _ = first_steps(name, network, build, on[cpu], pick(cached[cpu]), cpu, steps, batch)
-        first, weights = first_steps(name, network, build, on[exact], pick(cached[exact]), exact, steps, batch)
-        again, weights_again = first_steps(name, network, build, on[exact], pick(cached[exact]), exact, steps, batch)
+        reference, _ = first_steps(network, build, on[cpu], pick(cached[cpu]), cpu, steps, batch)
+        first, weights = first_steps(network, build, on[exact], pick(cached[exact]), exact, steps, batch)
+        again, weights_again = first_steps(network, build, on[exact], pick(cached[exact]), exact, steps, batch)
         relative = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(reference, first, strict=True))
         seconds = epoch_seconds(network, build, full, pick(full_teacher), native, batch)
         report["trainings"][name] = {
