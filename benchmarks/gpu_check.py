@@ -28,9 +28,10 @@ import torch
 import yaml
 
 from kdistill.core.data import DeviceImages, teacher_outputs
-from kdistill.core.engine import adam, train_step
+from kdistill.core.engine import train_step
 from kdistill.core.networks import DeepNN, LightNN
 from kdistill.core.objectives import TEACHER_PREFIX, Objective, Shapes, cross_entropy
+from kdistill.core.recipe import Recipe
 from kdistill.core.runtime import Runtime, make_reproducible, resolve_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def first_steps(network: type, build: object, data: DeviceImages, teacher: dict[
     torch.manual_seed(42)
     model = network().to(runtime.device, memory_format=torch.channels_last)
     objective = build().to(runtime.device)
-    optimizer = adam([*model.parameters(), *objective.parameters()], 1e-3)
+    optimizer = Recipe().make_optimizer([*model.parameters(), *objective.parameters()])
     model.train()
     losses = []
     for step in range(steps):
@@ -87,7 +88,7 @@ def epoch_seconds(network: type, build: object, data: DeviceImages, teacher: dic
     torch.manual_seed(0)
     model = network().to(runtime.device, memory_format=torch.channels_last)
     objective = build().to(runtime.device)
-    optimizer = adam([*model.parameters(), *objective.parameters()], 1e-3)
+    optimizer = Recipe().make_optimizer([*model.parameters(), *objective.parameters()])
     order = torch.randperm(len(data), device=runtime.device)
     batches = -(-len(data) // batch)
 

@@ -46,9 +46,10 @@ from torch.utils.data import DataLoader, Dataset
 from kdistill.control.params import load_params
 from kdistill.control.registry import CHECK_PARAMS, DOWNLOAD, METHODS, TRAININGS
 from kdistill.core.data import DeviceImages, teacher_outputs
-from kdistill.core.engine import adam, evaluate, train_step
-from kdistill.core.networks import ConvClassifier, DeepNN, LightNN
+from kdistill.core.engine import evaluate, train_step
+from kdistill.core.networks import DeepNN, LightNN, Network
 from kdistill.core.objectives import TEACHER_PREFIX, Objective, Shapes, cross_entropy
+from kdistill.core.recipe import Recipe
 from kdistill.core.runtime import Runtime, resolve_runtime
 from kdistill.entry import configure_process
 from kdistill.sources.dataset import ImageDataset
@@ -102,7 +103,7 @@ def _loader_batches(dataset: Dataset, shuffle: bool) -> Iterator[tuple[torch.Ten
         yield from DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=shuffle, num_workers=2)
 
 
-def in_tutorial_order(model: ConvClassifier) -> ConvClassifier:
+def in_tutorial_order(model: Network) -> Network:
     """``model`` with the tutorial's layer order, ReLU before each max-pool, in place.
 
     kdistill.core.networks pools first: the same function and gradients, computed faster. The tutorial's
@@ -116,15 +117,15 @@ def in_tutorial_order(model: ConvClassifier) -> ConvClassifier:
     return model
 
 
-def _student(architecture: type[ConvClassifier], objective: Objective, device: torch.device, lr: float, *,
-             tutorials: bool) -> tuple[ConvClassifier, Objective, torch.optim.Optimizer]:
+def _student(architecture: type[Network], objective: Objective, device: torch.device, lr: float, *,
+             tutorials: bool) -> tuple[Network, Objective, torch.optim.Optimizer]:
     """The tutorial's layer order in NCHW with its Adam, or this project's network in channels_last with its fused Adam."""
     torch.manual_seed(0)
     model = architecture()
     model = in_tutorial_order(model).to(device) if tutorials else model.to(device, memory_format=torch.channels_last)
     objective = objective.to(device)
     parameters = [*model.parameters(), *objective.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=lr) if tutorials else adam(parameters, lr)
+    optimizer = torch.optim.Adam(parameters, lr=lr) if tutorials else Recipe(lr=lr).make_optimizer(parameters)
     return model.train(), objective.train(), optimizer
 
 
@@ -168,7 +169,7 @@ def tutorial_way(dataset: ImageDataset, mean: list[float], std: list[float], lr:
 
 
 @torch.no_grad()
-def _test_the_tutorials_way(model: ConvClassifier, test: DataLoader, device: torch.device) -> None:
+def _test_the_tutorials_way(model: Network, test: DataLoader, device: torch.device) -> None:
     model.eval()
     for inputs, labels in test:
         (model(inputs.to(device)).argmax(1) == labels.to(device)).sum().item()
@@ -225,9 +226,9 @@ def project_way(dataset: ImageDataset, mean: list[float], std: list[float], lr: 
     return results
 
 
-def _train_and_test_the_tutorials_way(student: ConvClassifier, objective: Objective, train: DataLoader,
+def _train_and_test_the_tutorials_way(student: Network, objective: Objective, train: DataLoader,
                                       test: DataLoader, epochs: int, lr: float, device: torch.device,
-                                      teacher: ConvClassifier | None = None) -> None:
+                                      teacher: Network | None = None) -> None:
     fp32 = Runtime(device, None)
     optimizer = torch.optim.Adam([*student.parameters(), *objective.parameters()], lr=lr)
     student.train()

@@ -34,6 +34,11 @@ def test_defaults_are_the_tutorials_and_the_papers():
     assert (params.distill_attention.beta, params.distill_attention.ce_loss_weight) == (1000, 1)
     assert params.data.md5 == "c58f30108f718f92721af3b95e74349a" and params.data.format == "cifar10"
     assert params.data.mean == [0.485, 0.456, 0.406] and params.data.std == [0.229, 0.224, 0.225]
+    assert (params.networks.teacher, params.networks.student) == ("DeepNN", "LightNN")
+    train = params.train
+    assert (train.optimizer, train.weight_decay, train.momentum, train.nesterov) == ("adam", 0, 0, False)
+    assert (train.schedule, train.milestones, train.augment) == ("constant", [], "none")
+    assert (params.train_teacher.checkpoint, params.train_teacher.checkpoint_md5) == ("", "")
 
 
 @pytest.mark.parametrize("name", sorted(TRAININGS))

@@ -6,10 +6,11 @@ import torch
 
 from fakedata import class_images
 from kdistill.control.registry import METHODS
-from kdistill.core.data import DeviceImages, teacher_outputs
-from kdistill.core.engine import adam, evaluate, latency_ms, train
+from kdistill.core.data import CachedTeacher, DeviceImages, LiveTeacher, teacher_outputs
+from kdistill.core.engine import evaluate, latency_ms, train
 from kdistill.core.networks import DeepNN, LightNN
 from kdistill.core.objectives import Objective, Shapes, cross_entropy
+from kdistill.core.recipe import CropFlip, Recipe
 from kdistill.core.runtime import Runtime, cpu_has_bf16, resolve_runtime
 from kdistill.errors import ConfigError, TrainingError
 from kdistill.methods.baselines.spec import STUDENT_CE
@@ -73,7 +74,7 @@ def test_the_fused_adam_is_the_tutorials_update_rule():
     torch.manual_seed(0)
     ours, tutorials = LightNN(), LightNN()
     tutorials.load_state_dict(ours.state_dict())
-    fused, plain = adam(list(ours.parameters()), 0.001), torch.optim.Adam(tutorials.parameters(), lr=0.001)
+    fused, plain = Recipe(lr=0.001).make_optimizer(ours.parameters()), torch.optim.Adam(tutorials.parameters(), lr=0.001)
     assert fused.defaults["fused"] and (fused.defaults["betas"], fused.defaults["eps"]) == ((0.9, 0.999), 1e-8)
     initial = [p.detach().clone() for p in ours.parameters()]
     for _ in range(20):  # the same gradients on both sides: the update rules alone are compared
@@ -188,8 +189,7 @@ def test_training_learns_and_trains_the_regressor_too():
     regressor_before = regressor.weight.detach().clone()
     before = evaluate(student, test_data, CPU32)
     seen = []
-    history = train(student, hint, train_data, test_data, CPU32, stage="distill_regressor", epochs=3,
-                    batch_size=32, lr=0.003, seed=0, teacher=teacher, on_epoch=seen.append)
+    history = train(student, hint, train_data, test_data, CPU32, stage="distill_regressor", recipe=Recipe(epochs=3, batch_size=32, lr=0.003), seed=0, teacher=CachedTeacher(teacher), on_epoch=seen.append)
     assert [r.epoch for r in history] == [1, 2, 3] and seen == history
     assert not torch.equal(regressor.weight, regressor_before), "the regressor did not train"
     assert set(history[0].terms) == {"feature_map", "ce"}
@@ -199,8 +199,7 @@ def test_training_learns_and_trains_the_regressor_too():
 
 def test_checkpoint_comes_before_the_epoch_is_reported():
     events = []
-    train(LightNN(), Objective([cross_entropy()]), split(32, 1), split(10, 2), CPU32, stage="s", epochs=2,
-          batch_size=16, lr=0.001, seed=0, on_epoch=lambda r: events.append(("epoch", r.epoch)),
+    train(LightNN(), Objective([cross_entropy()]), split(32, 1), split(10, 2), CPU32, stage="s", recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=0, on_epoch=lambda r: events.append(("epoch", r.epoch)),
           on_checkpoint=lambda state: events.append(("checkpoint", state["epoch"])))
     assert events == [("checkpoint", 1), ("epoch", 1), ("checkpoint", 2), ("epoch", 2)]
 
@@ -216,7 +215,7 @@ def test_warm_up_sees_training_progress():
     from kdistill.core.objectives import Term
 
     recorder = Objective([cross_entropy(), Term("progress", 0.0, Recorder(), ("progress",))])
-    train(LightNN(), recorder, split(40, 1), split(10, 2), CPU32, stage="s", epochs=2, batch_size=16, lr=0.001, seed=0)
+    train(LightNN(), recorder, split(40, 1), split(10, 2), CPU32, stage="s", recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=0)
     assert seen == pytest.approx([1 / 3, 2 / 3, 1.0, 4 / 3, 5 / 3, 2.0])
 
 
@@ -224,8 +223,8 @@ def test_same_seed_same_result():
     def run() -> list[float]:
         torch.manual_seed(3)
         history = train(LightNN(), objective("distill_kd"), split(64, 1), split(30, 2), CPU32, stage="distill_kd",
-                        epochs=2, batch_size=16, lr=0.001, seed=3,
-                        teacher=teacher_outputs(DeepNN(), split(64, 1), CPU32))
+                        recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=3,
+                        teacher=CachedTeacher(teacher_outputs(DeepNN(), split(64, 1), CPU32)))
         return [r.train_loss for r in history] + [r.test_accuracy for r in history]
 
     assert run() == run()
@@ -237,7 +236,7 @@ def test_non_finite_loss_stops_naming_stage_epoch_and_first_bad_batch():
     checkpoints = []
     with pytest.raises(TrainingError, match=r"train_student_ce: loss became nan at epoch 1, batch 1/4"):
         train(LightNN(), STUDENT_CE.build_objective(None, SHAPES), blown_up, split(10, 2), CPU32,
-              stage="train_student_ce", epochs=1, batch_size=16, lr=0.001, seed=0, on_checkpoint=checkpoints.append)
+              stage="train_student_ce", recipe=Recipe(epochs=1, batch_size=16, lr=0.001), seed=0, on_checkpoint=checkpoints.append)
     assert checkpoints == [], "nothing may be saved from a diverged epoch"
 
 
@@ -250,7 +249,7 @@ def test_a_resumed_distillation_continues_its_trained_regressor_exactly():
         torch.manual_seed(5)  # the stage seeds before building both
         return LightNN(), objective("distill_regressor")
 
-    common = dict(stage="distill_regressor", epochs=3, batch_size=32, lr=0.003, seed=5, teacher=teacher)
+    common = dict(stage="distill_regressor", recipe=Recipe(epochs=3, batch_size=32, lr=0.003), seed=5, teacher=CachedTeacher(teacher))
     model, hint = fresh()
     states = []
 
@@ -268,3 +267,129 @@ def test_a_resumed_distillation_continues_its_trained_regressor_exactly():
     assert [r.test_accuracy for r in resumed] == [r.test_accuracy for r in reference]
     regressor = resumed_hint.losses["feature_map"].regressor.weight
     assert torch.equal(regressor, hint.losses["feature_map"].regressor.weight)
+
+
+def test_the_schedules_set_each_epochs_rate():
+    def rates(recipe: Recipe) -> list[float]:
+        optimizer = recipe.make_optimizer([torch.nn.Parameter(torch.zeros(1))])
+        schedule = recipe.make_schedule(optimizer)
+        seen = []
+        for _ in range(recipe.epochs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    assert rates(Recipe(epochs=3, lr=0.5)) == [0.5, 0.5, 0.5]
+    # The literature's: the rate of epoch e + 1 is multiplied by the decay once for each milestone <= e.
+    multistep = rates(Recipe(epochs=5, lr=1.0, schedule="multistep", milestones=(2, 4), lr_decay=0.1))
+    assert multistep == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
+    assert rates(Recipe(epochs=4, lr=1.0, schedule="cosine")) == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+    sgd = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4).make_optimizer(
+        [torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["fused"]
+    assert (sgd.defaults["momentum"], sgd.defaults["nesterov"], sgd.defaults["weight_decay"]) == (0.9, True, 5e-4)
+
+
+def test_crop_and_flip_make_the_image_torchvisions_transforms_make_for_the_same_offsets_and_flip():
+    import torchvision.transforms.functional as TF
+
+    images, labels = raw_split(6, 4)
+    data = split(6, 4)
+    augmented = CropFlip(data.black, torch.Generator().manual_seed(9))(data.inputs(torch.arange(6)))
+    draws = torch.Generator().manual_seed(9)  # the same draws, in the same order
+    offsets = torch.randint(0, 9, (6, 2), generator=draws)
+    flips = torch.randint(0, 2, (6,), generator=draws).bool()
+    assert augmented.is_contiguous(memory_format=torch.channels_last)
+    for i in range(6):
+        # The literature's order: pad the uint8 image with black, crop, flip, then ToTensor + Normalize.
+        picture = TF.crop(TF.pad(images[i], [4]), int(offsets[i, 0]), int(offsets[i, 1]), 32, 32)
+        if flips[i]:
+            picture = TF.hflip(picture)
+        expected = TF.normalize(picture.float() / 255, MEAN, STD)
+        assert torch.allclose(augmented[i], expected, atol=1e-5), i
+    assert flips.any() and not flips.all()
+
+
+class _Spy(torch.nn.Module):
+    """A network that records what its forward_features sees."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network, self.seen = network, []
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.detach().clone())
+        return self.network.forward_features(images)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # evaluation: not recorded
+        return self.network(images)
+
+
+def test_with_augmentation_the_teacher_runs_on_each_augmented_batch_in_eval_mode():
+    torch.manual_seed(0)
+    train_data, test_data = split(48, 1), split(10, 2)
+    teacher, student = _Spy(DeepNN().train()), _Spy(LightNN())
+    recipe = Recipe(epochs=1, batch_size=16, augment="crop_flip")
+    train(student, objective("distill_kd"), train_data, test_data, CPU32, stage="distill_kd", recipe=recipe, seed=1,
+          teacher=LiveTeacher(teacher, frozenset({"logits"}), CPU32))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    steps = len(teacher.seen)
+    assert steps == 3 and all(torch.equal(t, s) for t, s in zip(teacher.seen, student.seen[:steps], strict=True))
+    order = torch.randperm(48, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(teacher.seen[0], train_data.inputs(order[:16])), "the batch was not augmented"
+
+
+def test_without_augmentation_the_objective_reads_the_cached_outputs():
+    torch.manual_seed(0)
+    train_data = split(32, 1)
+    cache = {"logits": torch.randn(32, 10)}
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            seen.append((teacher_logits, labels))
+            return torch.zeros(())
+
+    from kdistill.core.objectives import Term
+
+    recorder = Objective([cross_entropy(), Term("t", 0.0, Recorder(), ("teacher_logits", "labels"))])
+    train(LightNN(), recorder, train_data, split(10, 2), CPU32, stage="s", recipe=Recipe(epochs=1, batch_size=8),
+          seed=2, teacher=CachedTeacher(cache))
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(2))
+    for step, (logits, labels) in enumerate(seen):
+        index = order[step * 8:(step + 1) * 8]
+        assert torch.equal(logits, cache["logits"][index]) and torch.equal(labels, train_data.labels[index])
+
+
+def test_a_resumed_literature_recipe_continues_exactly():
+    # SGD with momentum, a multi-step schedule, crop + flip and a teacher run per batch: every piece
+    # of state (momentum buffers, the schedule, the crops' generator) must survive the restart.
+    torch.manual_seed(0)
+    train_data, test_data = split(64, 1), split(20, 2)
+    torch.manual_seed(1)
+    teacher = LiveTeacher(DeepNN(), frozenset({"logits"}), CPU32)
+    recipe = Recipe(epochs=3, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
+                    schedule="multistep", milestones=(1, 2), augment="crop_flip")
+    common = dict(stage="distill_kd", recipe=recipe, seed=4, teacher=teacher)
+    states = []
+
+    def save(state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+
+    torch.manual_seed(4)
+    model = LightNN()
+    reference = train(model, objective("distill_kd"), train_data, test_data, CPU32, on_checkpoint=save, **common)
+    torch.manual_seed(4)
+    resumed_model = LightNN()
+    torch.manual_seed(99)
+    resumed = train(resumed_model, objective("distill_kd"), train_data, test_data, CPU32,
+                    resume_from=torch.load(io.BytesIO(states[0]), weights_only=True), **common)
+    assert [r.train_loss for r in resumed] == [r.train_loss for r in reference]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values(),
+                                                 strict=True))

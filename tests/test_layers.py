@@ -100,7 +100,8 @@ TRAIN_WITH_THE_CORE = """
 import sys
 import torch
 import kdistill
-from kdistill.core.data import DeviceImages, teacher_outputs
+from kdistill.core.data import CachedTeacher, DeviceImages, teacher_outputs
+from kdistill.core.recipe import Recipe
 from kdistill.core.engine import train
 from kdistill.core.networks import DeepNN, LightNN
 from kdistill.core.objectives import Objective, Shapes, cross_entropy
@@ -116,8 +117,8 @@ data = DeviceImages(images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), runtime
 cached = teacher_outputs(DeepNN(), data, runtime)
 objective = Objective([Term("soft_target", 0.25, SoftTargetLoss(2.0), ("student_logits", "teacher_logits")),
                        cross_entropy(0.75)])
-history = train(LightNN(), objective, data, data, runtime, stage="core", epochs=2, batch_size=16, lr=1e-3, seed=0,
-                teacher={"logits": cached["logits"]})
+history = train(LightNN(), objective, data, data, runtime, stage="core", recipe=Recipe(epochs=2, batch_size=16), seed=0,
+                teacher=CachedTeacher({"logits": cached["logits"]}))
 assert len(history) == 2 and history[1].train_loss < history[0].train_loss, history
 heavy = sorted(name for name in sys.modules if name.split(".")[0] in HEAVY)
 assert not heavy, heavy

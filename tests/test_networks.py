@@ -6,7 +6,7 @@ from benchmarks.speed import in_tutorial_order
 from torch.nn import Conv2d, MaxPool2d, ReLU
 
 from kdistill.control.registry import METHODS
-from kdistill.core.networks import DeepNN, LightNN, build_model, count_parameters
+from kdistill.core.networks import DeepNN, LightNN, build_model, count_parameters, feature_shape
 from kdistill.core.objectives import Shapes
 from kdistill.core.runtime import Runtime
 from kdistill.errors import DataError
@@ -58,15 +58,17 @@ def test_pooling_before_the_relu_computes_exactly_what_the_tutorials_order_does(
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_starts_a_seed_from_the_ce_students_weights(name):
+@pytest.mark.parametrize(("student", "teacher"), [("LightNN", "DeepNN"), ("resnet8", "wrn_16_2")])
+def test_every_method_starts_a_seed_from_the_ce_students_weights(name, student, teacher):
     method = METHODS[name]
-    shapes = Shapes(LightNN.feature_shape, DeepNN.feature_shape)
-    baseline, _ = seeded_start(STUDENT_CE, STUDENT_CE.build_objective, None, shapes, 10, seed=7)
+    shapes = Shapes(feature_shape(student), feature_shape(teacher))
+    baseline, _ = seeded_start(student, STUDENT_CE.build_objective, None, shapes, 10, seed=7)
     torch.manual_seed(0)  # whatever ran before in the process
-    student, _ = seeded_start(method, method.build_objective, method.params(), shapes, 10, seed=7)
-    assert all(torch.equal(a, b) for a, b in zip(baseline.state_dict().values(), student.state_dict().values(), strict=True))
-    other, _ = seeded_start(method, method.build_objective, method.params(), shapes, 10, seed=8)
-    assert not torch.equal(other.state_dict()["features.0.weight"], student.state_dict()["features.0.weight"])
+    model, _ = seeded_start(student, method.build_objective, method.params(), shapes, 10, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(baseline.state_dict().values(), model.state_dict().values(), strict=True))
+    other, _ = seeded_start(student, method.build_objective, method.params(), shapes, 10, seed=8)
+    first = next(iter(model.state_dict()))
+    assert not torch.equal(other.state_dict()[first], model.state_dict()[first])
 
 
 def test_checkpoint_rebuilds_the_network_from_its_file(tmp_path):
@@ -91,7 +93,7 @@ class Exploit:
 
 def test_tampered_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
-    torch.save({"model": {"architecture": "LightNN", "num_classes": 10}, "seeds": [1], "state_dicts": {1: {}},
+    torch.save({"model": {"name": "LightNN", "num_classes": 10}, "seeds": [1], "state_dicts": {1: {}},
                 "x": Exploit()}, path)
     with pytest.raises(DataError, match="not a loadable checkpoint"):
         load_checkpoint(path)

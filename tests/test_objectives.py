@@ -53,14 +53,14 @@ def test_hidden_cosine_loss_pools_the_teacher_and_matches_numpy():
     s = student.reshape(4, -1)
     t = teacher.reshape(4, 1024, 2).mean(axis=2)  # avg_pool1d, kernel 2: 2048 -> 1024
     cos = np.sum(s * t, axis=1) / (np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1))
-    assert HiddenCosineLoss(1024)(tensor(student), tensor(teacher)).item() == pytest.approx(float(np.mean(1 - cos)), rel=1e-5)
+    assert HiddenCosineLoss(1024, 2048)(tensor(student), tensor(teacher)).item() == pytest.approx(float(np.mean(1 - cos)), rel=1e-5)
     same = tensor(rng.normal(size=(3, 16, 8, 8)))
-    assert HiddenCosineLoss(1024)(same, same.repeat_interleave(2, dim=-1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert HiddenCosineLoss(1024, 2048)(same, same.repeat_interleave(2, dim=-1)).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_feature_regressor_loss_is_mse_of_the_regressor_output():
     torch.manual_seed(0)
-    loss = FeatureRegressorLoss(16, 32)
+    loss = FeatureRegressorLoss((16, 8, 8), (32, 8, 8))
     student, teacher = torch.randn(2, 16, 8, 8), torch.randn(2, 32, 8, 8)
     regressed = F.conv2d(student, loss.regressor.weight, loss.regressor.bias, padding=1).detach().numpy()
     assert loss(student, teacher).item() == pytest.approx(float(np.mean((regressed - teacher.numpy()) ** 2)), rel=1e-5)
@@ -100,6 +100,60 @@ def test_attention_transfer_matches_the_papers_formula_in_numpy():
     assert AttentionTransferLoss()(tensor(student), tensor(teacher)).item() == pytest.approx(expected, rel=1e-5)
     # Invariant to each map's scale: only where the network attends matters.
     assert AttentionTransferLoss()(tensor(teacher), tensor(teacher) * 3).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_for_the_tutorials_pair_the_feature_losses_are_the_tutorials_computation_to_the_bit():
+    # The tutorial's own code (shared/seed): CosineEmbeddingLoss(target 1) against the teacher's
+    # avg_pool1d(2048 -> 1024); its regressor Conv2d(16, 32, 3, padding=1) then MSELoss.
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 16, 8, 8), torch.randn(8, 32, 8, 8)
+    pooled_teacher = F.avg_pool1d(torch.flatten(teacher, 1), 2)
+    cosine = torch.nn.CosineEmbeddingLoss()(torch.flatten(student, 1), pooled_teacher, torch.ones(8))
+    assert torch.allclose(HiddenCosineLoss(1024, 2048)(student, teacher), cosine, rtol=1e-6, atol=1e-7)
+    ours = HiddenCosineLoss(1024, 2048)(student, teacher)
+    expected = (1 - F.cosine_similarity(torch.flatten(student, 1), pooled_teacher, dim=1)).mean()
+    assert torch.equal(ours, expected)
+    torch.manual_seed(1)
+    tutorials = torch.nn.Conv2d(16, 32, kernel_size=3, padding=1)
+    torch.manual_seed(1)
+    hint = FeatureRegressorLoss((16, 8, 8), (32, 8, 8))
+    assert isinstance(hint.regressor, torch.nn.Conv2d)
+    assert torch.equal(hint(student, teacher), torch.nn.MSELoss()(tutorials(student), teacher))
+    maps = AttentionTransferLoss()(student, teacher)
+    assert torch.equal(maps, (F.normalize(student.pow(2).mean(1).flatten(1)) -
+                              F.normalize(teacher.pow(2).mean(1).flatten(1))).pow(2).mean())
+
+
+@pytest.mark.parametrize(("student", "teacher"), [("ShuffleV1", "resnet32x4"), ("mobile_half", "vgg13"),
+                                                  ("resnet8x4", "ShuffleV2"), ("wrn_16_2", "wrn_40_2")])
+def test_every_feature_method_fits_any_pair_with_the_references_adaptations(student, teacher):
+    from kdistill.core.networks import feature_shape
+
+    shapes = Shapes(feature_shape(student), feature_shape(teacher))
+    values = {"labels": torch.randint(0, 100, (4,)), "progress": 1.0,
+              "student_logits": torch.randn(4, 100), "teacher_logits": torch.randn(4, 100),
+              "student_features": torch.randn(4, *shapes.student).relu(),
+              "teacher_features": torch.randn(4, *shapes.teacher).relu()}
+    for name in ("distill_attention", "distill_cosine", "distill_regressor"):
+        total, _ = METHODS[name].build_objective(METHODS[name].params(), shapes)(values)
+        assert torch.isfinite(total), name
+    # The hint's regressor brings the student's map to the teacher's shape, as ConvReg does.
+    regressor = METHODS["distill_regressor"].build_objective(METHODS["distill_regressor"].params(), shapes)
+    mapped = regressor.losses["feature_map"].regressor(values["student_features"])
+    assert tuple(mapped.shape[1:]) == shapes.teacher
+
+
+def test_the_hint_refuses_a_student_map_smaller_than_the_teachers_but_half():
+    with pytest.raises(ValueError, match="from a larger map or from half its size"):
+        FeatureRegressorLoss((1280, 2, 2), (256, 8, 8))
+
+
+def test_attention_maps_of_different_sizes_meet_at_the_smaller():
+    rng = np.random.default_rng(4)
+    student, teacher = tensor(rng.normal(size=(2, 8, 4, 4))), tensor(rng.normal(size=(2, 16, 8, 8)))
+    pooled = F.adaptive_avg_pool2d(teacher, (4, 4))
+    assert torch.equal(AttentionTransferLoss()(student, teacher), AttentionTransferLoss()(student, pooled))
+    assert torch.equal(AttentionTransferLoss()(teacher, student), AttentionTransferLoss()(pooled, student))
 
 
 # Which params key weights which term: written here independently of the method modules.

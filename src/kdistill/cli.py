@@ -47,6 +47,19 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace) -> int:
+    from kdistill.control.edit import set_params
+    from kdistill.control.recipes import RECIPES, assignments
+
+    values = assignments(RECIPES[args.recipe](args.teacher, args.student))
+    if args.overrides:
+        print(" ".join(f"-S '{value}'" for value in values))
+        return 0
+    changed = set_params(Layout(project_root()).params, values)
+    print(f"params.yaml: the {args.recipe} recipe for {args.teacher} -> {args.student}; set {', '.join(changed) or 'nothing'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     assign = commands.add_parser("set", help="change params.yaml in place (comments kept), validating the result first")
     assign.add_argument("assignments", nargs="+", metavar="key=value", help="a dotted key and a YAML value, e.g. distill_kd.T=4")
     assign.set_defaults(run=_set)
+    recipe = commands.add_parser("recipe", help="write a published training recipe for a teacher/student pair into "
+                                                "params.yaml (validated, comments kept)")
+    recipe.add_argument("recipe", choices=["crd"], help="crd: the CRD / mdistiller CIFAR-100 benchmark")
+    recipe.add_argument("--teacher", required=True, help="a network name, e.g. resnet32x4")
+    recipe.add_argument("--student", required=True, help="a network name, e.g. resnet8x4")
+    recipe.add_argument("--overrides", action="store_true",
+                        help="print the values as `dvc exp run -S` options instead of writing them")
+    recipe.set_defaults(run=_recipe)
     review = commands.add_parser("review", help="compare two revisions, experiments or the workspace, method by method")
     review.add_argument("--baseline", default="HEAD", help="git revision, DVC experiment or `workspace` (default: HEAD)")
     review.add_argument("--candidate", default="workspace", help="the same kinds (default: workspace)")

@@ -26,6 +26,10 @@ class Layout:
     def dataset(self) -> Path:
         return self.root / "data" / "dataset.pt"
 
+    def published_teacher(self, md5: str) -> Path:
+        """A fetched teacher checkpoint (train_teacher.checkpoint), named by its md5."""
+        return self.raw_dir / f"teacher-{md5}.pt"
+
     @property
     def teacher_outputs(self) -> Path:
         return self.root / "data" / "teacher_outputs.pt"

@@ -14,7 +14,7 @@ import yaml
 
 from kdistill.control import registry
 from kdistill.control.codedeps import closure
-from kdistill.control.registry import CHECK_PARAMS, DOWNLOAD, METHODS, REPORT, STAGES, TRAININGS, stage_param_keys
+from kdistill.control.registry import CHECK_PARAMS, DOWNLOAD, REPORT, STAGES, TRAININGS, stage_param_keys
 from kdistill.layout import Layout
 from kdistill.methods.baselines.spec import STUDENT_CE, TEACHER
 
@@ -74,8 +74,8 @@ def _data(layout: Layout, stage: str) -> tuple[list[str], list[str]]:
         return inputs, []
     training = TRAININGS[stage]
     deps = [rel(layout.dataset)]
-    if training.role == "student" and stage in METHODS:
-        deps.append(rel(layout.teacher_outputs))
+    if training.distills:  # the cached outputs, or with augmentation the teacher itself
+        deps += [rel(layout.teacher_outputs), rel(layout.model(TEACHER.name))]
     outs = [rel(layout.model(stage))] + ([rel(layout.teacher_outputs)] if training.role == "teacher" else [])
     return deps, outs
 

@@ -15,36 +15,70 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from kdistill.core.catalog import NETWORKS
 from kdistill.errors import ConfigError
 from kdistill.methods.method import Channel, Method, PositiveFloat, Section, Seed
 
-# What every training stage reads besides its own section (and the seeds it trains with).
-TRAINING_KEYS = ("data.mean", "data.std", "train.epochs", "train.batch_size", "train.lr", "train.precision",
-                 "train.device")
-DOWNLOAD_KEYS = ("data.url", "data.md5", "data.format", "data.train_images")
+DOWNLOAD_KEYS = ("data.url", "data.md5", "data.format", "data.train_images", "train_teacher.checkpoint",
+                 "train_teacher.checkpoint_md5")
+NetworkName = Literal[tuple(NETWORKS)]  # type: ignore[valid-type]
 
 
 class DataParams(Section):
     url: str = Field(min_length=1)
     md5: str = Field(pattern=r"^[0-9a-f]{32}$")
-    format: Literal["cifar10", "imagefolder"]
+    format: Literal["cifar10", "cifar100", "imagefolder"]
     train_images: int = Field(ge=0)  # 0: every training image; N: a fixed random N of them (a quick run)
     mean: Annotated[list[Channel], Field(min_length=3, max_length=3)]  # per RGB channel
     std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
 
 
+class NetworkParams(Section):
+    teacher: NetworkName
+    student: NetworkName  # every student stage's
+
+
 class TrainParams(Section):
+    """The recipe every training stage shares (``kdistill.core.recipe.Recipe`` holds the same fields)."""
+
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    optimizer: Literal["adam", "sgd"]
     lr: PositiveFloat
+    momentum: float = Field(ge=0, lt=1)  # sgd
+    nesterov: bool  # sgd
+    weight_decay: float = Field(ge=0)
+    schedule: Literal["constant", "multistep", "cosine"]
+    milestones: list[Annotated[int, Field(ge=1)]]  # multistep: the epochs after which lr is multiplied by lr_decay
+    lr_decay: float = Field(gt=0, le=1)  # multistep
+    augment: Literal["none", "crop_flip"]
     precision: Literal["auto", "fp32", "bf16"]
     device: Literal["auto", "cpu", "cuda", "mps"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        problems = []
+        if self.optimizer != "sgd" and (self.momentum or self.nesterov):
+            problems.append(f"train.momentum and train.nesterov apply to sgd only (train.optimizer is {self.optimizer!r})")
+        if self.nesterov and not self.momentum:
+            problems.append("train.nesterov needs train.momentum > 0")
+        if self.schedule == "multistep":
+            if not self.milestones or self.milestones != sorted(set(self.milestones)):
+                problems.append(f"train.milestones must be increasing epochs for schedule multistep, got {self.milestones}")
+            elif self.milestones[-1] >= self.epochs:
+                problems.append(f"train.milestones {self.milestones} must fall before train.epochs ({self.epochs})")
+        elif self.milestones:
+            problems.append(f"train.milestones applies to schedule multistep only (train.schedule is {self.schedule!r})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class CoreParams(Section):
     # One student per seed in every student stage (the teacher has its own seed key).
     seeds: Annotated[list[Seed], Field(min_length=1)]
     data: DataParams
+    networks: NetworkParams
     train: TrainParams
 
     @model_validator(mode="after")
@@ -64,7 +98,10 @@ class CoreParams(Section):
 def training_keys(training: Method) -> list[str]:
     """The params.yaml keys a training reads: DVC reruns it when, and only when, one changes."""
     seeds = ["seeds"] if training.role == "student" else []
-    return [*seeds, *TRAINING_KEYS, *training.own_keys()]
+    networks = ["networks.teacher"] if training.role == "teacher" else [
+        "networks.student", *(["networks.teacher"] if training.distills else [])]
+    recipe = [f"train.{key}" for key in TrainParams.model_fields]
+    return [*seeds, "data.mean", "data.std", *networks, *recipe, *training.own_keys()]
 
 
 def params_model(sections: Mapping[str, type[Section]]) -> type[CoreParams]:

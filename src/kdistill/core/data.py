@@ -1,10 +1,12 @@
-"""Data kept on the device: a split's images normalized once, and the teacher's outputs computed once."""
+"""Data kept on the device: a split's images normalized once, and the teacher's outputs, cached or per batch."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from kdistill.core.networks import ConvClassifier
+from kdistill.core.networks import Network
 from kdistill.core.runtime import Runtime
 
 EVAL_BATCH_SIZE = 1000
@@ -33,6 +35,7 @@ class DeviceImages:
             window = slice(start, start + NORMALIZE_CHUNK)
             self.images[window] = images[window].to(device).float().mul_(scale).sub_(shift)
         self.labels = labels.to(device)
+        self.black = (-shift).view(-1).to(runtime.input_dtype)  # a zero pixel, normalized: augmentation's padding
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,7 +45,7 @@ class DeviceImages:
 
 
 @torch.inference_mode()
-def teacher_outputs(teacher: ConvClassifier, data: DeviceImages, runtime: Runtime) -> dict[str, torch.Tensor]:
+def teacher_outputs(teacher: Network, data: DeviceImages, runtime: Runtime) -> dict[str, torch.Tensor]:
     """The teacher's logits and last feature map for every training image, computed once, stored in fp32.
 
     Without augmentation the frozen teacher (eval mode: dropout off) gives the same outputs on
@@ -61,3 +64,40 @@ def teacher_outputs(teacher: ConvClassifier, data: DeviceImages, runtime: Runtim
     return {"logits": torch.cat(logits), "features": torch.cat(features)}
 
 
+
+
+class Teacher:
+    """The teacher outputs an objective reads (``logits``, ``features``), for one batch as the student sees it."""
+
+    def outputs(self, index: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class CachedTeacher(Teacher):
+    """Outputs computed once per training image (``teacher_outputs``): exact when the images are not augmented."""
+
+    def __init__(self, cache: Mapping[str, torch.Tensor]) -> None:
+        self.cache = dict(cache)
+
+    def outputs(self, index: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: output[index] for name, output in self.cache.items()}
+
+
+class LiveTeacher(Teacher):
+    """The frozen teacher run on each batch, in eval mode and without gradients: what augmentation needs.
+
+    An augmented image is new every epoch, so no cache holds its outputs.
+    """
+
+    def __init__(self, network: Network, wanted: frozenset[str], runtime: Runtime) -> None:
+        self.network = network.eval().requires_grad_(False)
+        self.wanted = wanted
+        self.runtime = runtime
+
+    @torch.no_grad()
+    def outputs(self, index: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.network.eval()  # the student's train() never reaches it, but a caller's might
+        with self.runtime.autocast():
+            features = self.network.forward_features(inputs)
+            found = {"features": features, "logits": self.network.forward_head(features)}
+        return {name: found[name] for name in sorted(self.wanted)}

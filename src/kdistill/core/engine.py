@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdistill.core.data import EVAL_BATCH_SIZE, DeviceImages
-from kdistill.core.networks import ConvClassifier
+from kdistill.core.data import EVAL_BATCH_SIZE, DeviceImages, Teacher
+from kdistill.core.networks import Network
 from kdistill.core.objectives import TEACHER_PREFIX, Objective
+from kdistill.core.recipe import CropFlip, Recipe
 from kdistill.core.runtime import Runtime
 from kdistill.errors import TrainingError
 
@@ -74,18 +75,7 @@ class EpochResult:
                 **{f"train_loss.{name}": value for name, value in self.terms.items()}}
 
 
-def adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
-    """The tutorial's optimizer (Adam, default betas and eps), its update fused into one kernel per step.
-
-    Unfused, Adam runs a handful of ops per parameter tensor: dozens of kernel launches per step on
-    a GPU, a measurable share of a small student's step on a CPU. Fused, the update rule is the
-    same; it rounds differently in the last bit, so a training's digits differ from the unfused
-    loop's by far less than run-to-run noise.
-    """
-    return torch.optim.Adam(parameters, lr=lr, fused=True)
-
-
-def train_step(model: ConvClassifier, objective: Objective, optimizer: torch.optim.Optimizer, runtime: Runtime,
+def train_step(model: Network, objective: Objective, optimizer: torch.optim.Optimizer, runtime: Runtime,
                inputs: torch.Tensor, values: dict[str, torch.Tensor | float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on one batch; ``values`` holds what the objective reads besides the student's outputs.
 
@@ -101,25 +91,28 @@ def train_step(model: ConvClassifier, objective: Objective, optimizer: torch.opt
 
 
 def _restore(state: dict, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
-             shuffle: torch.Generator) -> list[EpochResult]:
+             schedule: torch.optim.lr_scheduler.LRScheduler, batches: torch.Generator) -> list[EpochResult]:
     model.load_state_dict(state["model"])
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
-    shuffle.set_state(state["shuffle_rng"])
+    schedule.load_state_dict(state["schedule"])
+    batches.set_state(state["shuffle_rng"])
     torch.set_rng_state(state["torch_rng"])  # dropout masks continue exactly where they stopped
     if torch.cuda.is_available() and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return [EpochResult(**result) for result in state["history"]]
 
 
-def _snapshot(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, shuffle: torch.Generator,
+def _snapshot(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+              schedule: torch.optim.lr_scheduler.LRScheduler, batches: torch.Generator,
               history: list[EpochResult]) -> dict:
     return {
         "epoch": len(history),
         "model": model.state_dict(),
         "objective": objective.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "shuffle_rng": shuffle.get_state(),
+        "schedule": schedule.state_dict(),
+        "shuffle_rng": batches.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "history": [vars(result) for result in history],
@@ -127,62 +120,68 @@ def _snapshot(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
 
 
 def train(
-    model: ConvClassifier,
+    model: Network,
     objective: Objective,
     train_data: DeviceImages,
     test_data: DeviceImages,
     runtime: Runtime,
     *,
     stage: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
+    recipe: Recipe,
     seed: int,
-    teacher: dict[str, torch.Tensor] | None = None,
+    teacher: Teacher | None = None,
     on_epoch: Callable[[EpochResult], None] = lambda result: None,
     resume_from: dict | None = None,
     on_checkpoint: Callable[[dict], None] = lambda state: None,
 ) -> list[EpochResult]:
-    """Adam on the model and the objective's own parameters (the hint regressor), one epoch at a time.
+    """The recipe's optimizer on the model and the objective's own parameters (the hint regressor), epoch by epoch.
 
     After each epoch ``on_checkpoint`` gets everything needed to continue bit-for-bit (weights,
-    optimizer, RNG states, history), then ``on_epoch`` the epoch's result; ``resume_from`` takes
-    such a state back. ``teacher`` holds the cached teacher outputs the objective reads.
+    optimizer, schedule, RNG states, history), then ``on_epoch`` the epoch's result;
+    ``resume_from`` takes such a state back. ``teacher`` gives the teacher outputs the objective
+    reads, for each batch as the student sees it (augmented or not).
     """
-    parameters = [*model.parameters(), *objective.parameters()]
-    optimizer = adam(parameters, lr)
-    shuffle = torch.Generator().manual_seed(seed)
-    history = _restore(resume_from, model, objective, optimizer, shuffle) if resume_from else []
-    batches = -(-len(train_data) // batch_size)
+    optimizer = recipe.make_optimizer([*model.parameters(), *objective.parameters()])
+    schedule = recipe.make_schedule(optimizer)
+    # One generator draws each epoch's order and each batch's crops and flips: seeded, and checkpointed.
+    batches = torch.Generator().manual_seed(seed)
+    augment = CropFlip(train_data.black, batches) if recipe.augment == "crop_flip" else None
+    history = _restore(resume_from, model, objective, optimizer, schedule, batches) if resume_from else []
+    steps = -(-len(train_data) // recipe.batch_size)
     on_terminal = sys.stderr.isatty()
-    for epoch in range(len(history) + 1, epochs + 1):
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
         started = time.perf_counter()
         model.train()
         objective.train()
-        order = torch.randperm(len(train_data), generator=shuffle).to(train_data.labels.device)
+        order = torch.randperm(len(train_data), generator=batches).to(train_data.labels.device)
         # Per-step losses stay on the device: reading one on the host (a NaN check per step) would
         # stall a GPU every step. They are checked once, at the end of the epoch.
         losses: list[torch.Tensor] = []
-        bar = tqdm(range(batches), desc=f"{stage} epoch {epoch}/{epochs}", unit="batch", leave=False,
+        bar = tqdm(range(steps), desc=f"{stage} epoch {epoch}/{recipe.epochs}", unit="batch", leave=False,
                    disable=not on_terminal)
         for step in bar:
-            index = order[step * batch_size:(step + 1) * batch_size]
-            values = {"labels": train_data.labels[index], "progress": epoch - 1 + (step + 1) / batches,
-                      **{f"{TEACHER_PREFIX}{name}": output[index] for name, output in (teacher or {}).items()}}
-            total, terms = train_step(model, objective, optimizer, runtime, train_data.inputs(index), values)
+            index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            inputs = train_data.inputs(index)
+            if augment is not None:
+                inputs = augment(inputs)
+            values = {"labels": train_data.labels[index], "progress": epoch - 1 + (step + 1) / steps,
+                      **({f"{TEACHER_PREFIX}{name}": output for name, output in teacher.outputs(index, inputs).items()}
+                         if teacher is not None else {})}
+            total, terms = train_step(model, objective, optimizer, runtime, inputs, values)
             losses.append(torch.stack([total.float(), *(t.detach().float() for t in terms.values())]))
+        schedule.step()
         per_step = torch.stack(losses).cpu()
         finite = torch.isfinite(per_step[:, 0])
         if not finite.all():
             first = int((~finite).nonzero()[0]) + 1
             raise TrainingError(f"{stage}: loss became {per_step[first - 1, 0].item()} at epoch {epoch}, batch "
-                                f"{first}/{batches}; no model written (lower train.lr or check the loss weights)")
+                                f"{first}/{steps}; no model written (lower train.lr or check the loss weights)")
         total_mean, *term_means = per_step.mean(dim=0).tolist()
         accuracy = evaluate(model, test_data, runtime)
         result = EpochResult(epoch, total_mean, dict(zip(terms, term_means, strict=True)), accuracy,
                              time.perf_counter() - started)
         history.append(result)
-        line = f"{stage} epoch {epoch}/{epochs}: train_loss {result.train_loss:.4f}, " \
+        line = f"{stage} epoch {epoch}/{recipe.epochs}: train_loss {result.train_loss:.4f}, " \
                f"test_accuracy {accuracy:.2f}%, {result.seconds:.1f} s"
         if on_terminal:
             tqdm.write(line)
@@ -190,6 +189,6 @@ def train(
             print(line, flush=True)
         # The state is on disk before anyone is told of the epoch: a failure in on_epoch (a tracking
         # server gone) loses no trained epoch.
-        on_checkpoint(_snapshot(model, objective, optimizer, shuffle, history))
+        on_checkpoint(_snapshot(model, objective, optimizer, schedule, batches, history))
         on_epoch(result)
     return history

@@ -53,8 +53,8 @@ class Method:
     summary: str  # one line: dvc.yaml's desc
     losses: str  # the module that defines ``objective(params, shapes) -> Objective``
     params: type[Section] | None = None
-    architecture: str = "LightNN"
     role: Literal["teacher", "student"] = "student"
+    distills: bool = True  # reads the teacher's outputs (every method; not the baselines)
     reference_accuracy: float | None = None  # the tutorial's published single run, where it has one
 
     def own_keys(self) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from kdistill.control.params import load_params
 from kdistill.entry import main
 from kdistill.layout import Layout, project_root
+from kdistill.methods.baselines.spec import TEACHER
+from kdistill.sources.fetch import fetch
 from kdistill.sources.prepare import prepare
 
 
@@ -13,7 +15,11 @@ def download_stage() -> None:
 
 
 def run_download(layout: Layout) -> None:
-    data = load_params(layout.params, only_known_sections=True).data
+    params = load_params(layout.params, {TEACHER.name: TEACHER.params}, only_known_sections=True)
+    teacher, data = params.section(TEACHER.name), params.data
+    if teacher.checkpoint:  # before the dataset: a bad URL fails in seconds, not after the archive's minutes
+        fetch(teacher.checkpoint, layout.published_teacher(teacher.checkpoint_md5), teacher.checkpoint_md5,
+              keys=("train_teacher.checkpoint", "train_teacher.checkpoint_md5"))
     dataset = prepare(data.url, data.md5, data.format, layout.raw_dir, layout.dataset, train_images=data.train_images)
     print(f"download: {len(dataset.train_labels)} train and {len(dataset.test_labels)} test images, "
           f"{len(dataset.classes)} classes -> {layout.dataset}")

@@ -18,18 +18,18 @@ import mlflow
 import numpy as np
 import torch
 
-from kdistill.core.networks import ConvClassifier, build_model
+from kdistill.core.networks import Network, build_model
 from kdistill.errors import DataError
 from kdistill.pipeline.tracking import reporting
 
-NETWORK_KEY = "kdistill_network"  # the model metadata entry that holds ``ConvClassifier.config()``
+NETWORK_KEY = "kdistill_network"  # the model metadata entry that holds ``Network.config()``
 # The archive is exported on the CPU; on a host with CUDA, pyfunc would otherwise move to the GPU
 # and refuse a model whose weights it cannot move (at log_model's serving-input check and in users'
 # predict calls alike).
 PREDICTION_DEVICE = ("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
 
 
-def log_network(model: ConvClassifier, name: str) -> None:
+def log_network(model: Network, name: str) -> None:
     """Log the trained network with a signature, an input example and its config, so it loads back anywhere."""
     # Two images, not one: torch.export would otherwise specialize the batch dimension to 1.
     example = np.zeros((2, 3, 32, 32), dtype=np.float32)
@@ -61,7 +61,7 @@ def _pickle_free_check() -> Iterator[None]:
             os.environ[variable] = before
 
 
-def load_network(model_uri: str) -> ConvClassifier:
+def load_network(model_uri: str) -> Network:
     """The network logged at ``model_uri`` (``models:/<id>``, ``runs:/<run>/<name>``), in eval mode, on the CPU.
 
     The archive is refused unless it holds no pickle, whatever the environment allows; the module

@@ -23,10 +23,11 @@ import torch
 import kdistill
 from kdistill.control.codedeps import SRC, closure
 from kdistill.control.params import CoreParams, load_params, training_keys
-from kdistill.core.data import DeviceImages, teacher_outputs
-from kdistill.core.engine import LATENCY_BATCH, EpochResult, latency_ms, train
-from kdistill.core.networks import ARCHITECTURES, ConvClassifier, build_model, count_parameters
+from kdistill.core.data import CachedTeacher, DeviceImages, LiveTeacher, Teacher, teacher_outputs
+from kdistill.core.engine import LATENCY_BATCH, EpochResult, evaluate, latency_ms, train
+from kdistill.core.networks import Network, build_model, count_parameters, feature_shape
 from kdistill.core.objectives import Objective, Shapes
+from kdistill.core.recipe import Recipe
 from kdistill.core.runtime import Runtime, make_reproducible, resolve_runtime
 from kdistill.entry import main
 from kdistill.errors import DataError
@@ -35,7 +36,7 @@ from kdistill.layout import Layout, project_root
 from kdistill.methods.baselines.spec import TEACHER
 from kdistill.methods.method import Method
 from kdistill.pipeline import tracking
-from kdistill.pipeline.checkpoints import save_checkpoint
+from kdistill.pipeline.checkpoints import load_checkpoint, load_published_teacher, save_checkpoint
 from kdistill.pipeline.logged_models import log_network
 from kdistill.pipeline.resume import ResumePoint
 from kdistill.sources.dataset import ImageDataset
@@ -105,7 +106,7 @@ class Stopwatch:
 @dataclass
 class SeedResult:
     seed: int
-    model: ConvClassifier
+    model: Network
     history: list[EpochResult]
     run_id: str
     trained_seconds: float  # the epochs this process trained (a resumed seed's earlier ones excluded)
@@ -122,7 +123,9 @@ class TrainingContext:
     dataset: ImageDataset
     train_data: DeviceImages
     test_data: DeviceImages
-    teacher: dict[str, torch.Tensor]
+    teacher: Teacher | None
+    network: str  # the name of the network this stage trains
+    recipe: Recipe
     shapes: Shapes
     code: list[Path]
     neutral: dict[str, object]  # method-neutral names: method, ce_loss_weight, distill_loss_weight, T
@@ -136,8 +139,8 @@ class TrainingContext:
         return {**self.neutral, **{key: flat[key] for key in training_keys(self.method)}}
 
 
-def seeded_start(method: Method, build_objective: ObjectiveBuilder, section: Any, shapes: Shapes, num_classes: int,
-                 seed: int) -> tuple[ConvClassifier, Objective]:
+def seeded_start(network: str, build_objective: ObjectiveBuilder, section: Any, shapes: Shapes, num_classes: int,
+                 seed: int) -> tuple[Network, Objective]:
     """The network and objective a seed starts from.
 
     Seeded right before the network is built, as in the tutorial, and the objective built after
@@ -145,17 +148,18 @@ def seeded_start(method: Method, build_objective: ObjectiveBuilder, section: Any
     every method starts from the same weights, so the methods differ by their objective alone.
     """
     torch.manual_seed(seed)
-    model = build_model(method.architecture, num_classes=num_classes)
+    model = build_model(network, num_classes=num_classes)
     return model, build_objective(section, shapes)
 
 
 def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
-    method, layout, train_params = ctx.method, ctx.layout, ctx.params.train
-    inputs = [layout.dataset] + ([layout.teacher_outputs] if ctx.teacher else [])
+    method, layout = ctx.method, ctx.layout
+    inputs = [layout.dataset] + ([layout.teacher_outputs, layout.model(TEACHER.name)] if ctx.teacher else [])
     resume = ResumePoint(layout, method.name, seed, ctx.run_params, inputs, ctx.code)
     saved = resume.load()
     section = ctx.params.section(method.name) if method.params is not None else None
-    model, objective = seeded_start(method, ctx.build_objective, section, ctx.shapes, len(ctx.dataset.classes), seed)
+    model, objective = seeded_start(ctx.network, ctx.build_objective, section, ctx.shapes, len(ctx.dataset.classes),
+                                    seed)
     model = model.to(ctx.runtime.device, memory_format=torch.channels_last)
     objective = objective.to(ctx.runtime.device)
     clock = ctx.clock
@@ -174,8 +178,7 @@ def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
                 tracking.log_dataset(split, ctx.digests[split], ctx.params.data.url, context)
         with clock("training"):
             history = train(model, objective, ctx.train_data, ctx.test_data, ctx.runtime, stage=method.name,
-                            epochs=train_params.epochs, batch_size=train_params.batch_size, lr=train_params.lr,
-                            seed=seed, teacher=ctx.teacher,
+                            recipe=ctx.recipe, seed=seed, teacher=ctx.teacher,
                             on_epoch=lambda result: tracking.log_metrics(result.metrics(), step=result.epoch),
                             resume_from=saved and saved["state"],
                             on_checkpoint=lambda state: resume.save(run_id, state))
@@ -190,21 +193,43 @@ def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
     return SeedResult(seed, model.cpu(), history, run_id, sum(e.seconds for e in history[resumed_epochs:]))
 
 
+def _published_teacher(ctx: TrainingContext) -> SeedResult:
+    """A teacher trained elsewhere: evaluated, tracked and cached like a trained one, without an epoch."""
+    section = ctx.params.section(TEACHER.name)
+    model = load_published_teacher(ctx.layout.published_teacher(section.checkpoint_md5), section.checkpoint_md5,
+                                   ctx.network, len(ctx.dataset.classes))
+    model = model.to(ctx.runtime.device, memory_format=torch.channels_last)
+    accuracy = evaluate(model, ctx.test_data, ctx.runtime)
+    print(f"{TEACHER.name}: published teacher {section.checkpoint}: test_accuracy {accuracy:.2f}% (not trained here)")
+    with ctx.clock("tracking"), tracking.stage_run(TEACHER.name, {**ctx.run_params, "seed": section.seed},
+                                                   ctx.layout.root, seed=section.seed) as run:
+        tracking.log_metrics({"test_accuracy": accuracy, "parameters": count_parameters(model)})
+        with ctx.clock("model export"):
+            log_network(model, name=TEACHER.name)
+    result = EpochResult(epoch=0, train_loss=float("nan"), terms={}, test_accuracy=accuracy, seconds=0.0)
+    return SeedResult(section.seed, model.cpu(), [result], run.info.run_id, 0.0)
+
+
 def _history_table(results: list[SeedResult]) -> pd.DataFrame:
     """Per-epoch metrics averaged over seeds (per-seed curves are in MLflow)."""
     rows = [{"seed": r.seed, "epoch": e.epoch, **e.metrics()} for r in results for e in r.history]
     return pd.DataFrame(rows).drop(columns="seed").groupby("epoch", as_index=False).mean()
 
 
-def _load_teacher_outputs(layout: Layout, wanted: frozenset[str], device: torch.device) -> dict[str, torch.Tensor]:
+def _teacher(layout: Layout, wanted: frozenset[str], recipe: Recipe, runtime: Runtime) -> Teacher | None:
+    """The cached outputs where they are exact; with augmentation, the teacher itself, run per batch."""
     if not wanted:
-        return {}
-    if not layout.teacher_outputs.is_file():
-        raise DataError(f"{layout.teacher_outputs}: missing; run the {TEACHER.name} stage first")
+        return None
+    for path in (layout.teacher_outputs, layout.model(TEACHER.name)):
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run the {TEACHER.name} stage first")
+    if recipe.augment != "none":
+        network, _ = load_checkpoint(layout.model(TEACHER.name), device=runtime.device)
+        return LiveTeacher(network.to(memory_format=torch.channels_last), wanted, runtime)
     # Memory-mapped: only the outputs this objective reads leave the disk (KD needs the 2 MB of
     # logits, not the 400 MB of feature maps beside them).
     outputs = torch.load(layout.teacher_outputs, map_location="cpu", weights_only=True, mmap=True)
-    return {name: outputs[name].to(device) for name in sorted(wanted)}
+    return CachedTeacher({name: outputs[name].to(runtime.device) for name in sorted(wanted)})
 
 
 def run_training(method: Method, build_objective: ObjectiveBuilder, layout: Layout) -> dict[str, object]:
@@ -214,9 +239,12 @@ def run_training(method: Method, build_objective: ObjectiveBuilder, layout: Layo
     seeds = [ctx.params.section(method.name).seed] if method.role == "teacher" else ctx.params.seeds
     with clock("tracking"):
         tracking.connect(layout.root)  # fail fast, before any training, if the store is unusable
-    print(f"{method.name}: {method.architecture} on {ctx.runtime.device}, {ctx.runtime.precision}, seeds {seeds}")
+    print(f"{method.name}: {ctx.network} on {ctx.runtime.device}, {ctx.runtime.precision}, seeds {seeds}")
 
-    results = [_train_seed(ctx, seed) for seed in seeds]
+    if method.role == "teacher" and ctx.params.section(TEACHER.name).checkpoint:
+        results = [_published_teacher(ctx)]
+    else:
+        results = [_train_seed(ctx, seed) for seed in seeds]
     if method.role == "teacher":
         with clock("teacher outputs cache"):
             teacher_model = results[0].model.to(ctx.runtime.device, memory_format=torch.channels_last)
@@ -241,8 +269,10 @@ def _context(method: Method, build_objective: ObjectiveBuilder, layout: Layout, 
     params = stage_params(method, layout)
     runtime = resolve_runtime(params.train.device, params.train.precision)
     make_reproducible(runtime)
-    shapes = Shapes(student=ARCHITECTURES[method.architecture].feature_shape,
-                    teacher=ARCHITECTURES[TEACHER.architecture].feature_shape)
+    shapes = Shapes(student=feature_shape(params.networks.student), teacher=feature_shape(params.networks.teacher))
+    network = params.networks.teacher if method.role == "teacher" else params.networks.student
+    recipe = Recipe(**params.train.model_dump(exclude={"precision", "device"}) | {
+        "milestones": tuple(params.train.milestones)})
     section = params.section(method.name) if method.params is not None else None
     objective = build_objective(section, shapes)
     neutral = {"method": method.name, **objective.neutral_params(),
@@ -253,7 +283,7 @@ def _context(method: Method, build_objective: ObjectiveBuilder, layout: Layout, 
         method, params, layout, runtime, dataset,
         DeviceImages(dataset.train_images, dataset.train_labels, *normalization, runtime),
         DeviceImages(dataset.test_images, dataset.test_labels, *normalization, runtime),
-        _load_teacher_outputs(layout, objective.teacher_outputs, runtime.device), shapes, code_files(method, layout),
+        _teacher(layout, objective.teacher_outputs, recipe, runtime), network, recipe, shapes, code_files(method, layout),
         neutral, dataset.digests, clock, build_objective,
     )
 
@@ -272,7 +302,9 @@ def _stage_metrics(results: list[SeedResult], ctx: TrainingContext) -> tuple[dic
     runs = {
         "per_seed": {str(r.seed): r.history[-1].test_accuracy for r in results},
         "mlflow_run_ids": {str(r.seed): r.run_id for r in results},
-        "train_loss": float(np.mean([r.history[-1].train_loss for r in results])),
+        # None for a published teacher: it trained elsewhere.
+        "train_loss": float(np.mean(losses)) if (losses := [r.history[-1].train_loss for r in results
+                                                             if r.history[-1].epoch]) else None,
         "epochs": ctx.params.train.epochs,
         "wall_time_s": round(time.perf_counter() - kdistill.LOADING_SINCE, 2),
         "precision": ctx.runtime.precision,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import shutil
 import time
@@ -14,15 +13,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from kdistill.errors import DataError
-from kdistill.files import atomic_path
-
-
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from kdistill.files import atomic_path, md5sum
 
 
 def _local_source(url: str) -> Path | None:
@@ -54,7 +45,7 @@ def _download(url: str, destination: Path, timeout: float) -> None:
 
 
 def fetch(url: str, destination: Path, md5: str, *, attempts: int = 3, timeout: float = 10.0,
-          backoff: float = 1.0) -> Path:
+          backoff: float = 1.0, keys: tuple[str, str] = ("data.url", "data.md5")) -> Path:
     """Make ``destination`` a verified copy of ``url``; a file already there with the right md5 stays.
 
     The copy is written under a temporary name and moved into place only once its md5 matches, so
@@ -68,15 +59,15 @@ def fetch(url: str, destination: Path, md5: str, *, attempts: int = 3, timeout: 
         local = _local_source(url)
         if local is not None:
             if not local.is_file():
-                raise DataError(f"data.url {url!r}: no such file")
+                raise DataError(f"{keys[0]} {url!r}: no such file")
             shutil.copyfile(local, partial)
         else:
             _download_with_retries(url, partial, attempts=attempts, timeout=timeout, backoff=backoff)
         actual = md5sum(partial)
         if actual != md5:
             raise DataError(
-                f"md5 mismatch for {url}: expected {md5} (data.md5), got {actual}; "
-                "the file is corrupt, truncated or not the archive you meant"
+                f"md5 mismatch for {url}: expected {md5} ({keys[1]}), got {actual}; "
+                "the file is corrupt, truncated or not the file you meant"
             )
     return destination
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdistill.sources.cifar import read_cifar10
+from kdistill.sources.cifar import read_cifar10, read_cifar100
 from kdistill.sources.dataset import ImageDataset
 from kdistill.sources.fetch import archive_path, fetch
 from kdistill.sources.imagefolder import read_imagefolder
 
-READERS = {"cifar10": read_cifar10, "imagefolder": read_imagefolder}
+READERS = {"cifar10": read_cifar10, "cifar100": read_cifar100, "imagefolder": read_imagefolder}
 
 
 def prepare(url: str, md5: str, fmt: str, raw_dir: Path, output: Path, *, train_images: int = 0) -> ImageDataset:

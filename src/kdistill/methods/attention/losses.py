@@ -19,13 +19,18 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionTransferLoss(nn.Module):
+    """Maps of different sizes meet at the smaller: the larger is average-pooled to it first (mdistiller's AT)."""
+
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        student_size, teacher_size = student_features.shape[2:], teacher_features.shape[2:]
+        if student_size > teacher_size:
+            student_features = F.adaptive_avg_pool2d(student_features, teacher_size)
+        elif teacher_size > student_size:
+            teacher_features = F.adaptive_avg_pool2d(teacher_features, student_size)
         return (attention_map(student_features) - attention_map(teacher_features)).pow(2).mean()
 
 
 def objective(params: Params, shapes: Shapes) -> Objective:
-    if shapes.student[1:] != shapes.teacher[1:]:
-        raise ValueError(f"attention transfer needs maps of one spatial size, got {shapes.student} and {shapes.teacher}")
     return Objective([
         Term("attention", params.beta, AttentionTransferLoss(), ("student_features", "teacher_features")),
         cross_entropy(params.ce_loss_weight),

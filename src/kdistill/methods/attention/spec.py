@@ -3,8 +3,10 @@
 Each map (N, C, H, W) becomes an attention map: the channel mean of its squared activations
 (p = 2), flattened to H*W values and L2-normalized per image. The loss is the squared difference of
 student and teacher attention maps averaged over images and positions, weighted by ``beta``
-(1000, the widely used CIFAR setting of the authors' code and mdistiller). Both networks' last
-maps are 8x8, so no resizing is needed; the channel counts (16 vs 32) may differ.
+(1000, the widely used CIFAR setting of the authors' code and mdistiller). Channel counts may
+differ. Maps of different sizes (a ResNet's 8x8 against a ShuffleNet's 4x4) meet at the smaller:
+the larger is average-pooled to it first, as mdistiller's AT does; the tutorial's pair has equal
+8x8 maps and is computed unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Params(MethodParams):
 METHOD = Method(
     name="distill_attention",
     label="Student, CE + attention transfer",
-    summary="LightNN with cross-entropy + attention transfer on the last feature maps (beta = 1000)",
+    summary="The student with cross-entropy + attention transfer on the last feature maps (beta = 1000)",
     params=Params,
     losses=f"{__package__}.losses",
 )

@@ -28,7 +28,7 @@ class Params(MethodParams):
 METHOD = Method(
     name="distill_dkd",
     label="Student, CE + DKD",
-    summary="LightNN with cross-entropy + decoupled KD (target-class term alpha, non-target term beta, temperature T)",
+    summary="The student with cross-entropy + decoupled KD (target-class term alpha, non-target term beta, temperature T)",
     params=Params,
     losses=f"{__package__}.losses",
 )

@@ -14,7 +14,7 @@ class Params(MethodParams):
 METHOD = Method(
     name="distill_kd",
     label="Student, CE + KD",
-    summary="LightNN with cross-entropy + soft-target KL (temperature T, scaled by T^2)",
+    summary="The student with cross-entropy + soft-target KL (temperature T, scaled by T^2)",
     params=Params,
     losses=f"{__package__}.losses",
     reference_accuracy=70.49,

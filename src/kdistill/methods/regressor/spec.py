@@ -1,4 +1,10 @@
-"""A FitNets-style hint (Romero et al., 2015) through a trainable regressor, the tutorial's third method."""
+"""A FitNets-style hint (Romero et al., 2015) through a trainable regressor, the tutorial's third method.
+
+Between last maps of one size (the tutorial's 16x8x8 student and 32x8x8 teacher) the regressor is
+the tutorial's 3x3 convolution. Between maps of different sizes it is FitNets' ``ConvReg`` as
+RepDistiller and mdistiller build it: a strided, transposed or valid convolution that brings the
+student's map to the teacher's size, then batch norm and ReLU.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ class Params(MethodParams):
 METHOD = Method(
     name="distill_regressor",
     label="Student, CE + regressor",
-    summary="LightNN with cross-entropy + MSE of a trainable regressor against the teacher's feature map",
+    summary="The student with cross-entropy + MSE of a trainable regressor against the teacher's feature map",
     params=Params,
     losses=f"{__package__}.losses",
     reference_accuracy=70.61,

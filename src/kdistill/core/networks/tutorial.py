@@ -1,8 +1,4 @@
-"""The tutorial's two networks, each defined once.
-
-Following timm, ``forward_features`` returns the last convolutional feature map and
-``forward_head`` maps it to logits, so distillation objectives read hidden features without hooks,
-tuple-returning variants or copied classes.
+"""The tutorial's two networks: a convolutional feature extractor, then an MLP on the flattened map.
 
 Where the tutorial applies a ReLU and then max-pools, these networks pool first: the same outputs
 and gradients, bit for bit (the max of ReLUs is the ReLU of the max, and both send the gradient to
@@ -12,18 +8,15 @@ tutorial's order.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from kdistill.core.networks.base import Network
 
-class ConvClassifier(nn.Module):
-    """Shared head logic: flatten the feature map, then an MLP classifier."""
 
+class ConvClassifier(Network):
     features: nn.Sequential
     classifier: nn.Sequential
-    feature_shape: tuple[int, int, int]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
@@ -31,17 +24,11 @@ class ConvClassifier(nn.Module):
     def forward_head(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(feature_map, 1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
-
-    def config(self) -> dict[str, Any]:
-        """What ``build_model`` needs to rebuild this network (saved beside the weights)."""
-        return {"architecture": type(self).__name__, "num_classes": self.num_classes}
-
 
 class DeepNN(ConvClassifier):
     """The teacher: 4 conv layers, 1,186,986 parameters for 10 classes."""
 
+    name = "DeepNN"
     feature_shape = (32, 8, 8)
 
     def __init__(self, num_classes: int = 10) -> None:
@@ -67,6 +54,7 @@ class DeepNN(ConvClassifier):
 class LightNN(ConvClassifier):
     """The student: 2 conv layers, 267,738 parameters for 10 classes."""
 
+    name = "LightNN"
     feature_shape = (16, 8, 8)
 
     def __init__(self, num_classes: int = 10) -> None:
@@ -83,16 +71,3 @@ class LightNN(ConvClassifier):
         self.classifier = nn.Sequential(
             nn.Linear(1024, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, num_classes)
         )
-
-
-ARCHITECTURES: dict[str, type[ConvClassifier]] = {"DeepNN": DeepNN, "LightNN": LightNN}
-
-
-def build_model(architecture: str, num_classes: int = 10) -> ConvClassifier:
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture](num_classes=num_classes)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
