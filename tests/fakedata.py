@@ -1,4 +1,4 @@
-"""Small archives in CIFAR-10's exact layouts, learnable (each class has its own colour pattern)."""
+"""Small archives in CIFAR-10's and CIFAR-100's exact layouts, learnable (each class has its own colour pattern)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,21 @@ def make_cifar10_archive(path: Path, per_batch: int = 40, test: int = 60, seed: 
             _add(tar, f"cifar-10-batches-py/{name}", _pickled(entry))
         meta = {"label_names": CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}
         _add(tar, "cifar-10-batches-py/batches.meta", _pickled(meta))
+    return md5(path)
+
+
+def make_cifar100_archive(path: Path, train: int = 200, test: int = 100, seed: int = 0) -> str:
+    """Write cifar-100-python.tar.gz's layout (``train``, ``test``, ``meta``; fine and coarse labels); return md5."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, n in (("train", train), ("test", test)):
+            fine = rng.permutation(np.arange(n) % 100).astype(np.int64)
+            entry = {"filenames": [f"{i}.png" for i in range(n)], "batch_label": f"{name} batch",
+                     "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
+                     "data": class_images(fine % 10, rng).reshape(n, 3072)}
+            _add(tar, f"cifar-100-python/{name}", _pickled(entry))
+        meta = {"fine_label_names": [f"fine_{i}" for i in range(100)], "coarse_label_names": [f"coarse_{i}" for i in range(20)]}
+        _add(tar, "cifar-100-python/meta", _pickled(meta))
     return md5(path)
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from fakedata import CLASSES, class_images, make_cifar10_archive, make_imagefolder_archive, md5
+from fakedata import CLASSES, class_images, make_cifar10_archive, make_cifar100_archive, make_imagefolder_archive, md5
 from kdistill.errors import DataError
-from kdistill.sources.cifar import read_cifar10
+from kdistill.sources.cifar import read_cifar10, read_cifar100
 from kdistill.sources.dataset import ImageDataset
 from kdistill.sources.fetch import fetch
 from kdistill.sources.imagefolder import read_imagefolder
@@ -75,6 +75,21 @@ def test_cifar10_layout_is_read_exactly(tmp_path):
         entry = pickle.loads(tar.extractfile("cifar-10-batches-py/data_batch_1").read())
     assert np.array_equal(dataset.train_images[:7].numpy().reshape(7, 3072), entry["data"])
     assert dataset.train_labels[:7].tolist() == entry["labels"]
+
+
+def test_cifar100_layout_is_read_with_its_fine_labels(tmp_path):
+    path = tmp_path / "cifar-100-python.tar.gz"
+    make_cifar100_archive(path, train=130, test=40, seed=2)
+    dataset = read_cifar100(path)
+    with tarfile.open(path) as tar:
+        entry = pickle.loads(tar.extractfile("cifar-100-python/train").read())
+    assert tuple(dataset.train_images.shape) == (130, 3, 32, 32) and len(dataset.test_labels) == 40
+    assert np.array_equal(dataset.train_images.numpy().reshape(130, 3072), entry["data"])
+    assert dataset.train_labels.tolist() == entry["fine_labels"] != entry["coarse_labels"]
+    assert dataset.classes == [f"fine_{i}" for i in range(100)]
+    dataset.validate()
+    with pytest.raises(DataError, match=r"data.format cifar100: expected cifar-100-python/\{train, test, meta\}"):
+        read_cifar100(tmp_path.joinpath("c.tar.gz") if make_cifar10_archive(tmp_path / "c.tar.gz") else None)
 
 
 @pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
