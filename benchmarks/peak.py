@@ -5,7 +5,8 @@
 The limit is what this machine reaches on the easiest work there is, a square matrix product, in
 fp32 and in bf16. Each network's training step (batch 128, the engine's own ``train_step`` with
 the literature's SGD, in the runtime's precision and layout, a 100-class head) is counted with
-torch's FLOP counter (forward and backward) and timed; the table gives its GFLOP/s and the fraction of the limit in the same precision.
+torch's FLOP counter (forward and backward) and timed; the table gives its GFLOP/s and the fraction
+of the limit in the same precision.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_the_published_teacher_is_evaluated_and_cached_not_trained(benchmark):
 def test_the_students_are_the_chosen_network_for_the_datasets_classes(benchmark):
     project, _, _, _ = benchmark
     for stage in ["train_student_ce", *METHODS]:
-        model, payload = load_checkpoint(project / "models" / f"{stage}.pt", seed=7)
+        _, payload = load_checkpoint(project / "models" / f"{stage}.pt", seed=7)
         assert payload["model"] == {"name": "resnet8", "num_classes": 100} and payload["seeds"] == SEEDS
 
 

@@ -127,7 +127,8 @@ def test_the_dataset_digest_covers_every_image_and_label(cifar_archive, tmp_path
 def test_wrong_layout_says_what_was_expected(tmp_path):
     path = tmp_path / "images.tar.gz"
     make_imagefolder_archive(path, train=10, test=10)
-    with pytest.raises(DataError, match=r"data.format cifar10: expected cifar-10-batches-py/\{data_batch_1, .*data_batch_5, test_batch, batches.meta\}"):
+    expected = r"data.format cifar10: expected cifar-10-batches-py/\{data_batch_1, .*data_batch_5, test_batch, batches.meta\}"
+    with pytest.raises(DataError, match=expected):
         read_cifar10(path)
     with pytest.raises(DataError, match=r"expected images under train/<class>/ and test/<class>/"):
         read_imagefolder(tmp_path.joinpath("c.tar.gz") if make_cifar10_archive(tmp_path / "c.tar.gz") else None)

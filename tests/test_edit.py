@@ -54,3 +54,36 @@ def test_an_invalid_result_is_refused_and_nothing_is_written(params, assignment,
 def test_malformed_assignments_name_themselves(text):
     with pytest.raises(ConfigError, match="expected key=value|not YAML"):
         parse_assignment(text)
+
+
+def test_the_crd_recipe_writes_the_literatures_values_for_the_pair(params, monkeypatch):
+    from kdistill.cli import main
+
+    monkeypatch.chdir(params.parent)
+    (params.parent / "dvc.yaml").write_text("stages: {}\n")  # marks the project root
+    assert main(["recipe", "crd", "--teacher", "resnet56", "--student", "resnet20"]) == 0
+    values = yaml.safe_load(params.read_text())
+    train = values["train"]
+    assert (train["optimizer"], train["lr"], train["momentum"], train["weight_decay"]) == ("sgd", 0.05, 0.9, 5e-4)
+    assert (train["batch_size"], train["epochs"], train["milestones"], train["lr_decay"]) == (64, 240, [150, 180, 210], 0.1)
+    assert (train["schedule"], train["augment"]) == ("multistep", "crop_flip")
+    assert values["networks"] == {"teacher": "resnet56", "student": "resnet20"}
+    assert (values["data"]["format"], values["data"]["md5"]) == ("cifar100", "eb9058c3a382ffc7106e4002c42a8d85")
+    assert values["distill_kd"] == {"T": 4.0, "soft_target_loss_weight": 0.9, "ce_loss_weight": 0.1}
+    assert (values["distill_dkd"]["beta"], values["distill_dkd"]["warmup_epochs"]) == (2.0, 20.0)  # mdistiller's res56_res20
+    assert main(["recipe", "crd", "--teacher", "resnet32x4", "--student", "ShuffleV1"]) == 0
+    values = yaml.safe_load(params.read_text())
+    assert (values["train"]["lr"], values["distill_dkd"]["beta"]) == (0.01, 8.0)  # ShuffleNet students: lr 0.01
+
+
+def test_the_recipe_prints_dvc_overrides_and_refuses_an_unknown_network(params, monkeypatch, capsys):
+    from kdistill.cli import main
+
+    monkeypatch.chdir(params.parent)
+    before = params.read_text()
+    assert main(["recipe", "crd", "--teacher", "vgg13", "--student", "vgg8", "--overrides"]) == 0
+    printed = capsys.readouterr().out
+    assert "-S 'networks.student=\"vgg8\"'" in printed and "-S 'distill_dkd.beta=6.0'" in printed
+    assert main(["recipe", "crd", "--teacher", "resnet9", "--student", "vgg8"]) == 2
+    assert "--teacher 'resnet9': unknown network" in capsys.readouterr().err
+    assert params.read_text() == before

@@ -189,7 +189,8 @@ def test_training_learns_and_trains_the_regressor_too():
     regressor_before = regressor.weight.detach().clone()
     before = evaluate(student, test_data, CPU32)
     seen = []
-    history = train(student, hint, train_data, test_data, CPU32, stage="distill_regressor", recipe=Recipe(epochs=3, batch_size=32, lr=0.003), seed=0, teacher=CachedTeacher(teacher), on_epoch=seen.append)
+    history = train(student, hint, train_data, test_data, CPU32, stage="distill_regressor",
+        recipe=Recipe(epochs=3, batch_size=32, lr=0.003), seed=0, teacher=CachedTeacher(teacher), on_epoch=seen.append)
     assert [r.epoch for r in history] == [1, 2, 3] and seen == history
     assert not torch.equal(regressor.weight, regressor_before), "the regressor did not train"
     assert set(history[0].terms) == {"feature_map", "ce"}
@@ -199,7 +200,8 @@ def test_training_learns_and_trains_the_regressor_too():
 
 def test_checkpoint_comes_before_the_epoch_is_reported():
     events = []
-    train(LightNN(), Objective([cross_entropy()]), split(32, 1), split(10, 2), CPU32, stage="s", recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=0, on_epoch=lambda r: events.append(("epoch", r.epoch)),
+    train(LightNN(), Objective([cross_entropy()]), split(32, 1), split(10, 2), CPU32, stage="s",
+        recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=0, on_epoch=lambda r: events.append(("epoch", r.epoch)),
           on_checkpoint=lambda state: events.append(("checkpoint", state["epoch"])))
     assert events == [("checkpoint", 1), ("epoch", 1), ("checkpoint", 2), ("epoch", 2)]
 
@@ -215,7 +217,8 @@ def test_warm_up_sees_training_progress():
     from kdistill.core.objectives import Term
 
     recorder = Objective([cross_entropy(), Term("progress", 0.0, Recorder(), ("progress",))])
-    train(LightNN(), recorder, split(40, 1), split(10, 2), CPU32, stage="s", recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=0)
+    train(LightNN(), recorder, split(40, 1), split(10, 2), CPU32, stage="s",
+        recipe=Recipe(epochs=2, batch_size=16, lr=0.001), seed=0)
     assert seen == pytest.approx([1 / 3, 2 / 3, 1.0, 4 / 3, 5 / 3, 2.0])
 
 
@@ -236,7 +239,8 @@ def test_non_finite_loss_stops_naming_stage_epoch_and_first_bad_batch():
     checkpoints = []
     with pytest.raises(TrainingError, match=r"train_student_ce: loss became nan at epoch 1, batch 1/4"):
         train(LightNN(), STUDENT_CE.build_objective(None, SHAPES), blown_up, split(10, 2), CPU32,
-              stage="train_student_ce", recipe=Recipe(epochs=1, batch_size=16, lr=0.001), seed=0, on_checkpoint=checkpoints.append)
+              stage="train_student_ce",
+                  recipe=Recipe(epochs=1, batch_size=16, lr=0.001), seed=0, on_checkpoint=checkpoints.append)
     assert checkpoints == [], "nothing may be saved from a diverged epoch"
 
 
@@ -249,7 +253,8 @@ def test_a_resumed_distillation_continues_its_trained_regressor_exactly():
         torch.manual_seed(5)  # the stage seeds before building both
         return LightNN(), objective("distill_regressor")
 
-    common = dict(stage="distill_regressor", recipe=Recipe(epochs=3, batch_size=32, lr=0.003), seed=5, teacher=CachedTeacher(teacher))
+    common = dict(stage="distill_regressor",
+        recipe=Recipe(epochs=3, batch_size=32, lr=0.003), seed=5, teacher=CachedTeacher(teacher))
     model, hint = fresh()
     states = []
 
@@ -294,7 +299,7 @@ def test_the_schedules_set_each_epochs_rate():
 def test_crop_and_flip_make_the_image_torchvisions_transforms_make_for_the_same_offsets_and_flip():
     import torchvision.transforms.functional as TF
 
-    images, labels = raw_split(6, 4)
+    images, _ = raw_split(6, 4)
     data = split(6, 4)
     augmented = CropFlip(data.black, torch.Generator().manual_seed(9))(data.inputs(torch.arange(6)))
     draws = torch.Generator().manual_seed(9)  # the same draws, in the same order
@@ -362,7 +367,8 @@ def test_without_augmentation_the_objective_reads_the_cached_outputs():
     order = torch.randperm(32, generator=torch.Generator().manual_seed(2))
     for step, (logits, labels) in enumerate(seen):
         index = order[step * 8:(step + 1) * 8]
-        assert torch.equal(logits, cache["logits"][index]) and torch.equal(labels, train_data.labels[index])
+        assert torch.equal(logits, cache["logits"][index])
+        assert torch.equal(labels, train_data.labels[index])
 
 
 def test_a_resumed_literature_recipe_continues_exactly():

@@ -11,7 +11,7 @@ def test_the_markdown_table_prints_accuracies_to_the_digit():
     rows = []
     for i, (stage, training) in enumerate(TRAININGS.items()):
         accuracy = 68.49 + i / 100
-        rows.append({"stage": stage, "method": training.label, "seeds": 1, "test_accuracy": accuracy,
+        rows.append({"stage": stage, "method": training.label, "network": "resnet8", "seeds": 1, "test_accuracy": accuracy,
                      "accuracy_text": f"{accuracy:.2f}", "parameters": 267_738, "model_kib": 1049.08,
                      "latency_ms": 2.21, "latency_batch": 128, "wall_time_s": 39.26,
                      "tutorial_accuracy": training.reference_accuracy,
@@ -22,7 +22,7 @@ def test_the_markdown_table_prints_accuracies_to_the_digit():
     cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
              for line in text.splitlines() if line.startswith("| ")}
     ce, third = cells[TRAININGS["train_student_ce"].label], cells[list(TRAININGS.values())[2].label]
-    assert ce[1:3] == ["1", "68.50"] and ce[5:] == ["267,738", "1049.1", "2.2", "39.3", "70.65"]
-    assert third[2:4] == ["68.51", "0.02"]
+    assert ce[1:4] == ["resnet8", "1", "68.50"] and ce[6:] == ["267,738", "1049.1", "2.2", "39.3", "70.65"]
+    assert third[3:5] == ["68.51", "0.02"]
     kd = TRAININGS["distill_kd"]
     assert f"- {kd.label}: `distill_kd.T=1`, `distill_kd.soft_target_loss_weight=1`, `distill_kd.ce_loss_weight=1`" in text

@@ -40,6 +40,9 @@ def _load_metrics(layout: Layout, stage: str) -> dict:
     return loaded
 
 
+TUTORIAL_NETWORKS = ("DeepNN", "LightNN")
+
+
 def results_table(layout: Layout) -> pd.DataFrame:
     metrics = {stage: _load_metrics(layout, stage) for stage in TRAININGS}
     baseline = metrics[BASELINE]["per_seed"]
@@ -47,12 +50,16 @@ def results_table(layout: Layout) -> pd.DataFrame:
     for stage, training in TRAININGS.items():
         m = metrics[stage]
         accuracy = Interval.of(list(m["per_seed"].values()))
+        network = m["params"].get("networks.teacher" if training.role == "teacher" else "networks.student")
+        # The tutorial's published run compares only with the tutorial's own networks and data.
+        tutorials = network in TUTORIAL_NETWORKS and m["params"].get("train.augment", "none") == "none"
         row = {
-            "stage": stage, "method": training.label, "seeds": accuracy.n, "test_accuracy": accuracy.mean,
+            "stage": stage, "method": training.label, "network": network or "", "seeds": accuracy.n,
+            "test_accuracy": accuracy.mean,
             "ci_low": accuracy.low, "ci_high": accuracy.high, "accuracy_text": accuracy.text(),
             "parameters": m["parameters"], "model_kib": m["model_bytes"] / 1024, "latency_ms": m["latency_ms"],
             "latency_batch": m["latency_batch"],
-            "wall_time_s": m["wall_time_s"], "tutorial_accuracy": training.reference_accuracy,
+            "wall_time_s": m["wall_time_s"], "tutorial_accuracy": training.reference_accuracy if tutorials else None,
             "per_seed": m["per_seed"], "mlflow_run_ids": m["mlflow_run_ids"], "params": m["params"],
             "device": m["device"], "precision": m["precision"],
         }
@@ -66,7 +73,7 @@ def results_table(layout: Layout) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    shown = table.reset_index()[["method", "seeds", "accuracy_text", "vs_student_ce_text", "verdict", "parameters",
+    shown = table.reset_index()[["method", "network", "seeds", "accuracy_text", "vs_student_ce_text", "verdict", "parameters",
                                  "model_kib", "latency_ms", "wall_time_s", "tutorial_accuracy"]]
     # "—" where a row has no value: no paired difference (teacher, CE student), no published run.
     # Every cell formatted here, none parsed again by tabulate: "68.49" must not print as "68.5".
@@ -74,10 +81,10 @@ def to_markdown(table: pd.DataFrame) -> str:
                          tutorial_accuracy=[f"{v:.2f}" if pd.notna(v) else "—" for v in shown["tutorial_accuracy"]],
                          seeds=shown["seeds"].map(str), parameters=shown["parameters"].map("{:,}".format),
                          **{c: shown[c].map("{:.1f}".format) for c in ("model_kib", "latency_ms", "wall_time_s")})
-    shown.columns = ["method", "seeds", "test accuracy % (95% CI)", "vs CE student, paired (95% CI)", "verdict",
+    shown.columns = ["method", "network", "seeds", "test accuracy % (95% CI)", "vs CE student, paired (95% CI)", "verdict",
                      "parameters", "size (KiB)", f"latency (ms / {int(table['latency_batch'].max())} images)", "training (s)",
                      "tutorial's run %"]
-    body = shown.to_markdown(index=False, disable_numparse=True, colalign=["left", "right", "right", "left", "left",
+    body = shown.to_markdown(index=False, disable_numparse=True, colalign=["left", "left", "right", "right", "left", "left",
                                                                            "right", "right", "right", "right", "right"])
     seeds = int(table["seeds"].max())
     caution = (
