@@ -78,3 +78,17 @@ def test_the_peak_benchmark_counts_each_networks_flops_against_the_matrix_produc
     assert (steps["images/s"] > 0).all() and (steps["GFLOP/s"] > 0).all()
     assert (steps["fraction of the matrix-product limit"] > 0).all()
     assert table.index.str.contains("matrix product 256x256 \\(fp32\\)").any()
+
+
+def test_the_literature_benchmark_trains_the_pair_both_ways_and_prints_the_ratio(tiny, capsys):
+    from benchmarks import literature
+
+    table = literature.main(["--dataset", str(tiny), "--params", str(ROOT / "params.yaml"), "--images", "128",
+                             "--teacher", "resnet8", "--student", "resnet8"])
+    ways = table.drop(index="speed-up")
+    assert list(ways.index) == ["literature's way", "project"]
+    assert (ways["seconds (epoch + test)"] > 0).all() and ways["test accuracy %"].between(0, 100).all()
+    ratio = table.loc["speed-up", "seconds (epoch + test)"]
+    assert ratio == pytest.approx(ways.loc["literature's way", "seconds (epoch + test)"] /
+                                  ways.loc["project", "seconds (epoch + test)"])
+    assert "one epoch of KD resnet8 -> resnet8 on 128 images" in capsys.readouterr().out

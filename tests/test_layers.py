@@ -13,12 +13,13 @@ import yaml
 
 from conftest import ROOT
 from helpers import run_without
+from kdistill.control.params import training_keys
 from kdistill.control.registry import STAGES, TRAININGS
 
 SRC = ROOT / "src"
 PACKAGE = SRC / "kdistill"
 # Bottom to top. A module may import its own layer and those below it, never one above.
-LAYERS = ["base", "core", "methods", "sources", "control", "pipeline", "analysis", "cli", "package"]
+LAYERS = ["base", "core", "methods", "sources", "control", "pipeline", "analysis", "sweep", "cli", "package"]
 BASE = {"errors", "files", "layout", "entry"}  # what every layer shares: the standard library only
 # The third-party packages each layer may import (its own and those of the layers below it count too).
 ALLOWED = {
@@ -149,9 +150,7 @@ def _fake_results(project: Path) -> None:
             ("metrics/runs", f"{stage}.json", json.dumps({
                 "per_seed": {"42": 60.0 + index, "7": 60.5 + index}, "mlflow_run_ids": {"42": "a" * 32, "7": "b" * 32},
                 "model_bytes": 4096, "latency_ms": 1.5, "latency_batch": 128, "wall_time_s": 3.0, "device": "cpu",
-                "precision": "fp32", "params": {key: 1 for key in TRAININGS[stage].own_keys()} | {
-                    key: 1 for key in ("seeds", "data.mean", "data.std", "train.epochs", "train.batch_size",
-                                       "train.lr", "train.precision", "train.device")}})),
+                "precision": "fp32", "params": {key: 1 for key in training_keys(TRAININGS[stage])}})),
             ("metrics/history", f"{stage}.csv", "epoch,train_loss,test_accuracy\n1,2.0,50.0\n2,1.5,60.0\n"),
         ):
             (project / folder).mkdir(parents=True, exist_ok=True)
@@ -172,7 +171,7 @@ def test_the_control_plane_and_the_analysis_never_import_torch(tmp_path):
     assert "| Student, CE + KD " in (project / "metrics" / "report.md").read_text()
     absent = run_without(TORCH, ["-c", "import torch"], project, tmp_path / "d")
     assert absent.returncode != 0 and "ModuleNotFoundError" in absent.stderr
-    for index, args in enumerate((["review", "--help"], ["dvc-yaml", "--check"])):
+    for index, args in enumerate((["review", "--help"], ["dvc-yaml", "--check"], ["sweep", "--help"])):
         result = run_without(TORCH, ["-m", "kdistill.cli", *args], ROOT, tmp_path / f"c{index}")
         assert result.returncode == 0, f"kdistill {' '.join(args)}: {result.stderr[-3000:]}"
 

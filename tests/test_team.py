@@ -3,13 +3,17 @@ one MLflow server on a real PostgreSQL database, and clones acting as separate m
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
 import re
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 import pytest
@@ -63,15 +67,29 @@ def postgres(tmp_path_factory):
 
 
 class TrackingServer:
-    def __init__(self, backend: str, artifacts: Path, env: dict[str, str]) -> None:
-        self.backend, self.artifacts, self.env = backend, artifacts, env
+    """`mlflow server`, optionally MLflow's own basic-auth app: an admin, users in a database, a shared secret key."""
+
+    def __init__(self, backend: str, artifacts: Path, env: dict[str, str], *, auth: Path | None = None,
+                 admin_password: str = "") -> None:
+        self.backend, self.artifacts, self.env = backend, artifacts, dict(env)
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.auth = auth
+        if auth is not None:  # the settings docs/team.md names, in a directory of the server's own
+            auth.mkdir(parents=True, exist_ok=True)
+            (auth / "basic_auth.ini").write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{auth / 'users.db'}\nadmin_username = admin\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            self.env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth / "basic_auth.ini"),
+                            MLFLOW_FLASK_SERVER_SECRET_KEY="a-secret-only-the-servers-share",
+                            MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
 
     def start(self) -> None:
+        app = ["--app-name", "basic-auth"] if self.auth is not None else []
         self.process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend, "--artifacts-destination",
+            [str(BIN / "mlflow"), "server", *app, "--backend-store-uri", self.backend, "--artifacts-destination",
              str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_http(f"{self.uri}/health", self.process, timeout=180)
@@ -80,16 +98,52 @@ class TrackingServer:
         self.process.terminate()
         self.process.wait(timeout=60)
 
-    def rest(self, path: str, body: dict | None = None) -> dict:
+    def rest(self, path: str, body: dict | None = None, user: tuple[str, str] | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if user is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
         request = Request(f"{self.uri}/api/2.0/mlflow/{path}",
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Content-Type": "application/json"})
+                          data=json.dumps(body).encode() if body is not None else None, headers=headers)
         with urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
 
+def set_up_team(server: TrackingServer, admin_password: str, writers: dict[str, str], reviewers: dict[str, str]) -> str:
+    """docs/team.md's set-up, with MLflow's own client: users, the shared experiment, the writers' EDIT on it."""
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    with patched_env(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_password):
+        users = AuthServiceClient(server.uri)
+        for name, password in {**writers, **reviewers}.items():
+            users.create_user(name, password)
+        experiment = MlflowClient(server.uri).create_experiment("knowledge-distillation")
+        for name in writers:
+            users.grant_user_permission(name, "experiment", experiment, "EDIT")
+    return experiment
+
+
+@contextmanager
+def patched_env(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+ADMIN = "admin-pw-7f3a91"
+WRITERS = {"alice": "alice-pw-5be2c0", "bob": "bob-pw-91d4e7"}
+REVIEWERS = {"carol": "carol-pw-0c6a3f"}
 
 
 def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, postgres, cifar_archive):
@@ -97,9 +151,16 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
-    server = TrackingServer(postgres, tmp_path / "artifacts", env)
+    server = TrackingServer(postgres, tmp_path / "artifacts", env, auth=tmp_path / "auth", admin_password=ADMIN)
     server.start()
-    machine_env = {**env, "MLFLOW_TRACKING_URI": server.uri}
+    set_up_team(server, ADMIN, WRITERS, REVIEWERS)
+
+    def as_user(name: str) -> dict[str, str]:
+        password = {**WRITERS, **REVIEWERS}[name]
+        return {**env, "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_TRACKING_USERNAME": name,
+                "MLFLOW_TRACKING_PASSWORD": password}
+
+    outputs = []  # everything the commands printed: no password may appear in it
 
     # The team's repository: a bare git remote and a DVC remote that every machine pushes to.
     origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
@@ -124,8 +185,9 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
         return path
 
     # Machine A runs everything, then pushes data, models, run-cache and its experiment.
-    a = machine("machine-a")
-    assert "train_teacher" in ran_stages(sh(DVC, "exp", "run", "-n", "exp-a", cwd=a, env=machine_env))
+    a, machine_env = machine("machine-a"), as_user("alice")
+    outputs.append(sh(DVC, "exp", "run", "-n", "exp-a", cwd=a, env=machine_env))
+    assert "train_teacher" in ran_stages(outputs[-1])
     sh(DVC, "exp", "push", "origin", "exp-a", cwd=a, env=machine_env)
     sh("git", "add", "-A", cwd=a, env=env)  # the results become the team's baseline on main
     sh("git", "commit", "-qm", "baseline results", cwd=a, env=env)
@@ -136,10 +198,10 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
     server.start()
 
     # Machine B reuses the teacher through the run-cache and trains only what its change needs.
-    b = machine("machine-b")
+    b, machine_env = machine("machine-b"), as_user("bob")
     sh(DVC, "pull", "--run-cache", cwd=b, env=machine_env)
-    output = sh(DVC, "exp", "run", "-n", "exp-b", "-S", "distill_kd.T=4", cwd=b, env=machine_env)
-    assert ran_stages(output) == {"check_params", "distill_kd", "report"}, output
+    outputs.append(sh(DVC, "exp", "run", "-n", "exp-b", "-S", "distill_kd.T=4", cwd=b, env=machine_env))
+    assert ran_stages(outputs[-1]) == {"check_params", "distill_kd", "report"}, outputs[-1]
     sh(DVC, "exp", "push", "origin", "exp-b", cwd=b, env=machine_env)
 
     # A reviewer sees both machines' experiments and every run in the one server.
@@ -153,8 +215,20 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
         assert experiments[name]["params"]["params.yaml"]["data"]["distill_kd"]["T"] == t
         assert "test_accuracy" in experiments[name]["metrics"]["metrics/distill_kd.json"]["data"]
 
-    experiment = server.rest("experiments/get-by-name?experiment_name=knowledge-distillation")["experiment"]
-    runs = server.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
+    # The reviewer browses every run, read-only, and reviews the two experiments.
+    reviewer = ("carol", REVIEWERS["carol"])
+    experiment = server.rest("experiments/get-by-name?experiment_name=knowledge-distillation", user=reviewer)["experiment"]
+    runs = server.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000},
+                       user=reviewer)["runs"]
+    with pytest.raises(HTTPError) as refused:
+        server.rest("runs/create", {"experiment_id": experiment["experiment_id"]}, user=reviewer)
+    assert refused.value.code == 403
+    with pytest.raises(HTTPError) as anonymous:
+        server.rest("runs/search", {"experiment_ids": [experiment["experiment_id"]]})
+    assert anonymous.value.code == 401
+    outputs.append(sh(str(BIN / "kdistill"), "review", "--baseline", "exp-a", "--candidate", "exp-b", cwd=c,
+                      env=as_user("carol")))
+    assert "Student, CE + KD" in outputs[-1]
     tags = [{t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs]
     by_experiment: dict[str, list[dict]] = {}
     for run, run_tags in zip(runs, tags, strict=True):
@@ -170,9 +244,23 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
     import mlflow
     import torch
 
+    for name, password in {**WRITERS, **REVIEWERS, "admin": ADMIN}.items():
+        assert not _holders(password, [a, b, c], outputs, runs), f"{name}'s password leaked"
     mlflow.set_tracking_uri(server.uri)
-    models = mlflow.search_logged_models(experiment_ids=[experiment["experiment_id"]], output_format="list",
+    with patched_env(MLFLOW_TRACKING_USERNAME="carol", MLFLOW_TRACKING_PASSWORD=REVIEWERS["carol"]):
+        models = mlflow.search_logged_models(experiment_ids=[experiment["experiment_id"]], output_format="list",
                                          filter_string=f"source_run_id = '{kd_b['info']['run_id']}'")
-    loaded = mlflow.pytorch.load_model(models[0].model_uri)  # artifacts come through the server
+        loaded = mlflow.pytorch.load_model(models[0].model_uri)  # artifacts come through the server
     assert loaded(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     server.stop()
+
+
+def _holders(secret: str, clones: list[Path], outputs: list[str], runs: list[dict]) -> list[str]:
+    """Where ``secret`` appears: the clones' files (params.yaml, dvc.yaml, dvc.lock, metrics, logs, git and
+    DVC metadata), the commands' output, the runs' params and tags."""
+    found = [str(path) for clone in clones for path in clone.rglob("*")
+             if path.is_file() and ".dvc/cache" not in str(path) and secret.encode() in path.read_bytes()]
+    found += [f"output {i}" for i, text in enumerate(outputs) if secret in text]
+    found += [run["info"]["run_id"] for run in runs
+              if secret in json.dumps(run["data"].get("params", [])) + json.dumps(run["data"].get("tags", []))]
+    return found

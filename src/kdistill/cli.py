@@ -60,6 +60,14 @@ def _recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from kdistill.sweep.driver import run_sweep
+
+    table = run_sweep(project_root(), args.set_params, address=args.address, name=args.name, cpus=args.cpus,
+                      gpus=args.gpus)
+    return 1 if (table["status"] != "done").any() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     recipe.add_argument("--overrides", action="store_true",
                         help="print the values as `dvc exp run -S` options instead of writing them")
     recipe.set_defaults(run=_recipe)
+    sweep = commands.add_parser("sweep", help="run a grid of experiments as Ray tasks: on this machine, or on a cluster")
+    sweep.add_argument("-S", "--set-param", dest="set_params", action="append", default=[], metavar="key=values",
+                       help="DVC's sweep syntax, e.g. -S 'distill_kd.T=1,2,4' -S 'seeds=[42,43,44]'")
+    sweep.add_argument("--address", help="a Ray cluster to join (or RAY_ADDRESS); default: Ray on this machine")
+    sweep.add_argument("-n", "--name", help="experiment names: NAME-1, NAME-2, ... (default: sweep-<id>-N)")
+    sweep.add_argument("--cpus", type=float, default=1.0, help="CPUs per experiment (its threads); default 1")
+    sweep.add_argument("--gpus", type=float, default=0.0, help="GPUs per experiment, a fraction allowed; default 0")
+    sweep.set_defaults(run=_sweep)
     review = commands.add_parser("review", help="compare two revisions, experiments or the workspace, method by method")
     review.add_argument("--baseline", default="HEAD", help="git revision, DVC experiment or `workspace` (default: HEAD)")
     review.add_argument("--candidate", default="workspace", help="the same kinds (default: workspace)")

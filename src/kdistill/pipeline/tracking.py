@@ -71,6 +71,10 @@ def run_tags(stage: str, root: Path, seed: int | None) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
     if experiment := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = experiment
+    # Which sweep and which attempt of its task (kdistill.sweep): a retried task ends a dead attempt's runs.
+    for variable, tag in (("KDISTILL_SWEEP", "kdistill.sweep"), ("KDISTILL_ATTEMPT", "kdistill.attempt")):
+        if value := os.environ.get(variable):
+            tags[tag] = value
     return tags
 
 

@@ -1,0 +1,185 @@
+"""`kdistill sweep` on a real Ray cluster on loopback (a head and two worker nodes, one CPU each), with a bare
+git remote, a directory DVC remote and an MLflow server; and on a local Ray with no remote at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import BIN, free_port, sh
+from test_team import TrackingServer, patched_env, set_up_team
+
+pytestmark = [pytest.mark.e2e, pytest.mark.server]
+DVC, KDISTILL, RAY = str(BIN / "dvc"), str(BIN / "kdistill"), str(BIN / "ray")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "RAY_ADDRESS")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com", RAY_USAGE_STATS_ENABLED="0",
+               # A dead node is noticed in seconds rather than half a minute.
+               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+    return env
+
+
+def _project(template: Path, destination: Path, env: dict[str, str]) -> Path:
+    """The session's first run (every stage done), its results committed: experiments restore all they do not change."""
+    project = destination / "project"
+    shutil.copytree(template, project, symlinks=True)
+    sh("git", "add", "-A", cwd=project, env=env)
+    sh("git", "commit", "-qm", "base results", cwd=project, env=env)
+    return project
+
+
+def _experiments(project: Path, env: dict[str, str]) -> dict[str, dict]:
+    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=project, env=env))
+    return {exp["name"]: exp["revs"][0]["data"] for rev in shown for exp in (rev.get("experiments") or [])}
+
+
+ADMIN, WRITER = ("admin", "admin-pw-3e81c2"), ("dana", "dana-pw-b7d2a4")
+
+
+def _kd_runs(uri: str) -> dict[str, list]:
+    import mlflow
+
+    with patched_env(MLFLOW_TRACKING_USERNAME=ADMIN[0], MLFLOW_TRACKING_PASSWORD=ADMIN[1]):
+        client = mlflow.tracking.MlflowClient(uri)
+        experiment = client.get_experiment_by_name("knowledge-distillation")
+        runs = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'distill_kd'")
+    found: dict[str, list] = {}
+    for run in runs:
+        found.setdefault(run.data.tags.get("dvc.experiment"), []).append(run)
+    return found
+
+
+def test_a_local_sweep_needs_no_cluster_and_no_remote(tmp_path, first_run):
+    env = _env()
+    project = _project(first_run[0], tmp_path, env)
+    result = subprocess.run([KDISTILL, "sweep", "-n", "local", "-S", "distill_kd.T=3,5"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| local-1 " in result.stdout and "| local-2 " in result.stdout  # the sweep's table
+    experiments = _experiments(project, env)
+    assert {name: data["params"]["params.yaml"]["data"]["distill_kd"]["T"] for name, data in experiments.items()} == {
+        "local-1": 3, "local-2": 5}
+    runs = _kd_runs(f"sqlite:///{project / 'mlflow.db'}")  # the project's own store
+    for name in ("local-1", "local-2"):
+        assert [run.info.status for run in runs[name]] == ["FINISHED"], name
+
+
+class Cluster:
+    """`ray start`: a head without CPUs (it schedules, it runs nothing) and worker nodes of one CPU each."""
+
+    def __init__(self, env: dict[str, str], base: Path) -> None:
+        self.env, self.port = env, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.workers: dict[str, subprocess.Popen] = {}
+        sh(RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=0",
+           "--include-dashboard=false",
+           f"--temp-dir={base / 'ray'}", cwd=base, env=env)
+
+    def add_worker(self, name: str) -> None:
+        self.workers[name] = subprocess.Popen(
+            [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             f"--resources={json.dumps({name: 1})}", "--block"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self, name: str) -> None:
+        """The node dies at once, with everything it runs (the stage processes included)."""
+        os.killpg(self.workers[name].pid, signal.SIGKILL)
+        self.workers[name].wait()
+
+    def running_on(self) -> dict[str, str]:
+        """{worker name: a task it runs}, from Ray's state API."""
+        from ray.util.state import list_nodes, list_tasks
+
+        names = {node.node_id: next((k for k in node.resources_total if k in self.workers), None)
+                 for node in list_nodes(address=self.address)}
+        return {names.get(task.node_id): task.name for task in list_tasks(address=self.address,
+                                                                          filters=[("state", "=", "RUNNING")])}
+
+    def stop(self) -> None:
+        for process in self.workers.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, first_run):
+    base = tmp_path_factory.mktemp("ray-team")
+    env = _env()
+    server = TrackingServer(f"sqlite:///{base / 'tracking.db'}", base / "artifacts", env, auth=base / "auth",
+                            admin_password=ADMIN[1])
+    server.start()
+    set_up_team(server, ADMIN[1], dict([WRITER]), {})
+    # The driver's credentials reach the tasks through Ray's runtime environment, not a file.
+    env_tracked = {**env, "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_TRACKING_USERNAME": WRITER[0],
+                   "MLFLOW_TRACKING_PASSWORD": WRITER[1]}
+    origin, storage = base / "origin.git", base / "dvc-storage"
+    sh("git", "init", "-q", "--bare", str(origin), cwd=base, env=env)
+    project = _project(first_run[0], base, env)  # the teacher, trained once, shared through the run-cache
+    sh(DVC, "remote", "add", "-d", "storage", str(storage), cwd=project, env=env)
+    sh("git", "remote", "add", "origin", str(origin), cwd=project, env=env)
+    sh("git", "commit", "-qam", "remotes", cwd=project, env=env)
+    sh("git", "push", "-q", "origin", "HEAD", cwd=project, env=env)
+    sh(DVC, "push", "--run-cache", cwd=project, env=env)
+    cluster = Cluster(env, base)
+    cluster.add_worker("node_a")
+    cluster.add_worker("node_b")
+    yield project, env_tracked, cluster, server, origin
+    cluster.stop()
+    server.stop()
+
+
+def _fresh_clone(origin: Path, path: Path, env: dict[str, str], names: list[str]) -> dict[str, dict]:
+    sh("git", "clone", "-q", str(origin), str(path), cwd=path.parent, env=env)
+    for name in names:
+        sh(DVC, "exp", "pull", "origin", name, cwd=path, env=env)
+    return _experiments(path, env)
+
+
+def test_a_sweep_on_the_cluster_lands_in_git_dvc_and_mlflow(team, tmp_path):
+    project, env, cluster, server, origin = team
+    result = subprocess.run([KDISTILL, "sweep", "-n", "grid", "-S", "distill_kd.T=1,2,4", "--address",
+                             cluster.address], cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    names = ["grid-1", "grid-2", "grid-3"]
+    experiments = _fresh_clone(origin, tmp_path / "reviewer", env, names)
+    t_of = {name: experiments[name]["params"]["params.yaml"]["data"]["distill_kd"]["T"] for name in names}
+    assert t_of == {"grid-1": 1, "grid-2": 2, "grid-3": 4}
+    assert all("test_accuracy" in experiments[name]["metrics"]["metrics/distill_kd.json"]["data"] for name in names)
+    runs = _kd_runs(server.uri)
+    assert all([run.info.status for run in runs[name]] == ["FINISHED"] for name in names), runs
+    assert all(run.data.tags["kdistill.sweep"] for name in names for run in runs[name])
+    leaked = [str(p) for p in project.rglob("*") if p.is_file() and ".dvc/cache" not in str(p)
+              and WRITER[1].encode() in p.read_bytes()]
+    assert not leaked and WRITER[1] not in result.stdout + result.stderr
+
+
+def test_a_dead_node_loses_nothing_and_duplicates_nothing(team, tmp_path):
+    project, env, cluster, server, origin = team
+    sweep = subprocess.Popen([KDISTILL, "sweep", "-n", "fault", "-S", "distill_kd.T=6,7", "--address",
+                              cluster.address], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 600
+    while "node_a" not in cluster.running_on() or not any(
+            run.info.status == "RUNNING" for runs in _kd_runs(server.uri).values() for run in runs):
+        assert sweep.poll() is None and time.monotonic() < deadline, "no experiment started on node_a"
+        time.sleep(1)
+    cluster.kill("node_a")  # mid-experiment: its distill_kd run is RUNNING in the server
+    out, err = sweep.communicate(timeout=1200)
+    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
+    experiments = _fresh_clone(origin, tmp_path / "reviewer", env, ["fault-1", "fault-2"])
+    assert sorted(name for name in experiments if name.startswith("fault")) == ["fault-1", "fault-2"]
+    runs = _kd_runs(server.uri)
+    statuses = sorted(run.info.status for name in ("fault-1", "fault-2") for run in runs[name])
+    # One experiment ran twice: its dead attempt ended FAILED, and each experiment finished once.
+    assert statuses == ["FAILED", "FINISHED", "FINISHED"], statuses
