@@ -35,7 +35,8 @@ def run_sweep(root: Path, overrides: list[str], *, address: str | None = None, n
     # tracking credentials travel, in the tasks' environment, never written into the project.
     credentials = {key: os.environ[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
                    if key in os.environ}
-    ray.init(address=address, runtime_env={"env_vars": credentials}, log_to_driver=False,
+    # "local": a new Ray of this process's own, never a cluster that `ray start` left running here.
+    ray.init(address=address or "local", runtime_env={"env_vars": credentials}, log_to_driver=False,
              include_dashboard=False if address is None else None)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(run_experiment)
     print(f"sweep {plan.sweep}: {len(plan.experiments)} experiments from {plan.commit[:7]} on "
