@@ -3,6 +3,7 @@ git remote, a directory DVC remote and an MLflow server; and on a local Ray with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -65,15 +66,19 @@ def _kd_runs(uri: str) -> dict[str, list]:
 def test_a_local_sweep_needs_no_cluster_and_no_remote(tmp_path, first_run):
     env = _env()
     project = _project(first_run[0], tmp_path, env)
-    result = subprocess.run([KDISTILL, "sweep", "-n", "local", "-S", "distill_kd.T=3,5"], cwd=project, env=env,
+    result = subprocess.run([KDISTILL, "sweep", "-n", "local", "-S", "distill_kd.T=3,-1,5"], cwd=project, env=env,
                             capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| local-1 " in result.stdout and "| local-2 " in result.stdout  # the sweep's table
+    # T=-1 fails that experiment alone, with its one-line error in the sweep's table; the others go on.
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    table = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| local-")}
+    assert sorted(table) == ["local-1", "local-2", "local-3"]
+    assert "| failed " in table["local-2"] and "distill_kd.T: Input should be greater than 0" in table["local-2"]
+    assert "| done " in table["local-1"] and "| done " in table["local-3"]
     experiments = _experiments(project, env)
-    assert {name: data["params"]["params.yaml"]["data"]["distill_kd"]["T"] for name, data in experiments.items()} == {
-        "local-1": 3, "local-2": 5}
+    assert {name: data["params"]["params.yaml"]["data"]["distill_kd"]["T"] for name, data in experiments.items()
+            if name != "local-2"} == {"local-1": 3, "local-3": 5}
     runs = _kd_runs(f"sqlite:///{project / 'mlflow.db'}")  # the project's own store
-    for name in ("local-1", "local-2"):
+    for name in ("local-1", "local-3"):
         assert [run.info.status for run in runs[name]] == ["FINISHED"] * len(SEEDS), name
 
 
@@ -94,19 +99,30 @@ class Cluster:
              f"--resources={json.dumps({name: 1})}", "--block"],
             env=self.env, stdout=(self.base / f"{name}.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _tree(self, name: str) -> list:
+        import psutil
+
+        root = psutil.Process(self.workers[name].pid)
+        return [root, *root.children(recursive=True)]
+
     def kill(self, name: str) -> None:
         """The node dies at once, with everything it runs (the stage processes included)."""
+        processes = self._tree(name)
         os.killpg(self.workers[name].pid, signal.SIGKILL)
+        for process in processes:  # whatever left the process group
+            with contextlib.suppress(Exception):
+                process.kill()
         self.workers[name].wait()
 
-    def running_on(self) -> dict[str, str]:
-        """{worker name: a task it runs}, from Ray's state API."""
-        from ray.util.state import list_nodes, list_tasks
-
-        names = {node.node_id: next((k for k in node.resources_total if k in self.workers), None)
-                 for node in list_nodes(address=self.address)}
-        return {names.get(task.node_id): task.name for task in list_tasks(address=self.address,
-                                                                          filters=[("state", "=", "RUNNING")])}
+    def training_on(self, script: str) -> str | None:
+        """The worker node whose processes include ``script``, if one does."""
+        for name, process in self.workers.items():
+            if process.poll() is None:
+                for child in self._tree(name):
+                    with contextlib.suppress(Exception):
+                        if any(script in part for part in child.cmdline()):
+                            return name
+        return None
 
     def stop(self) -> None:
         for process in self.workers.values():
@@ -174,9 +190,9 @@ def test_a_dead_node_loses_nothing_and_duplicates_nothing(team, tmp_path):
     deadline, node = time.monotonic() + 600, None
     while node is None:
         assert sweep.poll() is None and time.monotonic() < deadline, "the experiment never started training"
-        running = [name for name in cluster.running_on() if name in cluster.workers]
-        if running and any(run.info.status == "RUNNING" for run in _kd_runs(server.uri).get("fault-1", [])):
-            node = running[0]
+        node = cluster.training_on("stages/distill_kd.py")
+        if node and not any(run.info.status == "RUNNING" for run in _kd_runs(server.uri).get("fault-1", [])):
+            node = None  # not yet tracking: wait until its run is RUNNING in the server
         time.sleep(1)
     cluster.kill(node)  # mid-experiment: a distill_kd run of it is RUNNING in the server
     try:

@@ -29,10 +29,19 @@ class StepError(Exception):
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode:
-        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith(("error:", "ERROR:"))]
-        raise StepError((errors or lines or [f"{args[0]} exited with {result.returncode}"])[-1])
+        raise StepError(_one_line(result.stderr + result.stdout) or f"{args[0]} exited with {result.returncode}")
     return result.stdout
+
+
+def _one_line(output: str) -> str:
+    """The stage's own error (``error: <stage>: ...`` and the problems listed under it), else DVC's last."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("error:"):
+            details = [item.strip().removeprefix("- ") for item in lines[index + 1:] if item.lstrip().startswith("- ")]
+            return "; ".join([line.removeprefix("error: "), *details])
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or [""])[-1]
 
 
 def end_dead_attempts(plan: Plan, experiment: Experiment, attempt: str) -> int:
