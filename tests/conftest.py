@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,16 +119,26 @@ def _git_env() -> dict[str, str]:
     return env
 
 
-def _first_run(base: Path, archive: Path, digest: str) -> FirstRun:
-    """`dvc repro` once, 1 epoch, two seeds, on data fetched over loopback HTTP, in ``base/project``."""
-    env = _git_env()
-    project = copy_project(base / "project")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+@contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """A loopback HTTP server of ``directory`` while the block runs; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        set_param(project, "data.url", f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _first_run(base: Path, archive: Path, digest: str) -> FirstRun:
+    """`dvc repro` once, 1 epoch, two seeds, on data fetched over loopback HTTP, in ``base/project``."""
+    env = _git_env()
+    project = copy_project(base / "project")
+    with serving(archive.parent) as url:
+        set_param(project, "data.url", f"{url}/{archive.name}")
         set_param(project, "data.md5", digest)
         # All three keys of the source: the checkout's params.yaml may point elsewhere (the README's
         # offline `make pipeline DATA=… DATA_FORMAT=imagefolder` writes them).
@@ -140,9 +151,6 @@ def _first_run(base: Path, archive: Path, digest: str) -> FirstRun:
         sh("git", "add", "-A", cwd=project, env=env)
         sh("git", "commit", "-qm", "tiny", cwd=project, env=env)
         ran = repro(project, env)
-    finally:
-        server.shutdown()
-        server.server_close()
     # What the first run left, kept aside: other tests change the project, in any order.
     commit = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
     first = FirstRun(ran, commit, base / "first-run", time.time() * 1000)

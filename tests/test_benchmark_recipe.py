@@ -4,16 +4,13 @@ method, two seeds, under the real `dvc repro`; then which stages the new keys re
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import re
-import threading
 
 import pytest
 import torch
 
-from conftest import _git_env
+from conftest import _git_env, serving
 from fakedata import make_cifar100_archive, md5
 from helpers import BIN, copy_project, repro, set_param, sh, stage_record
 from kdistill.control.registry import METHODS, STAGES, TRAININGS
@@ -43,12 +40,8 @@ def benchmark(tmp_path_factory):
     torch.save({"epoch": 240, "model": teacher.state_dict(), "accuracy": 69.06}, published)
     env = _git_env()
     project = copy_project(base / "project")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        for key, value in {**RECIPE, "data.url": f"http://127.0.0.1:{server.server_address[1]}/{archive.name}",
+    with serving(archive.parent) as url:
+        for key, value in {**RECIPE, "data.url": f"{url}/{archive.name}",
                            "data.md5": digest, "train_teacher.checkpoint": str(published),
                            "train_teacher.checkpoint_md5": md5(published)}.items():
             set_param(project, key, value)
@@ -56,9 +49,6 @@ def benchmark(tmp_path_factory):
                      ("add", "-A"), ("commit", "-qm", "benchmark")):
             sh("git", *args, cwd=project, env=env)
         ran = repro(project, env)
-    finally:
-        server.shutdown()
-        server.server_close()
     return project, env, ran, teacher
 
 

@@ -297,14 +297,13 @@ def _stage_metrics(results: list[SeedResult], ctx: TrainingContext) -> tuple[dic
         "seeds": len(results),
         "parameters": count_parameters(results[0].model),
     }
+    losses = [r.history[-1].train_loss for r in results if r.history[-1].epoch]  # epoch 0: not trained here
     weights = io.BytesIO()
     torch.save(results[0].model.state_dict(), weights)
     runs = {
         "per_seed": {str(r.seed): r.history[-1].test_accuracy for r in results},
         "mlflow_run_ids": {str(r.seed): r.run_id for r in results},
-        # None for a published teacher: it trained elsewhere.
-        "train_loss": float(np.mean(losses)) if (losses := [r.history[-1].train_loss for r in results
-                                                             if r.history[-1].epoch]) else None,
+        "train_loss": float(np.mean(losses)) if losses else None,  # None: a published teacher trained elsewhere
         "epochs": ctx.params.train.epochs,
         "wall_time_s": round(time.perf_counter() - kdistill.LOADING_SINCE, 2),
         "precision": ctx.runtime.precision,
