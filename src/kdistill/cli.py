@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except KdistillError as error:
         print(f"error: kdistill {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the command has said what it stopped
+        return 130
 
 
 if __name__ == "__main__":

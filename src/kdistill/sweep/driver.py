@@ -52,8 +52,7 @@ def run_sweep(root: Path, overrides: list[str], *, address: str | None = None, n
                 print(f"  {rows[-1]['experiment']}: {rows[-1]['status']}"
                       + (f" ({rows[-1]['error']})" if rows[-1].get("error") else ""), flush=True)
     except KeyboardInterrupt:
-        for ref in refs:
-            ray.cancel(ref, force=True, recursive=True)
+        _cancel(ray, list(refs))
         print(f"sweep {plan.sweep}: interrupted; outstanding experiments cancelled", file=sys.stderr)
         raise
     finally:
@@ -62,6 +61,16 @@ def run_sweep(root: Path, overrides: list[str], *, address: str | None = None, n
     _fetch(root, plan, table)
     print(table.to_markdown(index=False, floatfmt=".2f"))
     return table
+
+
+def _cancel(ray: Any, refs: list[Any], grace: float = 30.0) -> None:
+    """Interrupt the running tasks, as Ctrl-C would (their stages end their MLflow runs FAILED and stop
+    their processes), drop the queued ones; whatever has not stopped after ``grace`` seconds is killed."""
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    _, stuck = ray.wait(refs, num_returns=len(refs), timeout=grace)
+    for ref in stuck:
+        ray.cancel(ref, force=True)
 
 
 def _outcome(ray: Any, ref: Any, experiment: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -27,10 +28,37 @@ class StepError(Exception):
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode:
-        raise StepError(_one_line(result.stderr + result.stdout) or f"{args[0]} exited with {result.returncode}")
-    return result.stdout
+    # A process group of its own: a cancelled task (Ctrl-C on the sweep) stops the stage processes
+    # that DVC started too, not only DVC, which would leave them training as orphans. Ray's worker
+    # blocks SIGINT, and the signal mask is inherited: unblock it, or Ctrl-C would never reach them.
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=_unblock_sigint)
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:
+        _stop_group(process)
+        raise
+    if process.returncode:
+        raise StepError(_one_line(stderr + stdout) or f"{args[0]} exited with {process.returncode}")
+    return stdout
+
+
+def _unblock_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Ctrl-C to the command's whole process group (a stage ends its MLflow run FAILED), then SIGKILL."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _one_line(output: str) -> str:
