@@ -36,8 +36,8 @@ FIXTURE_MARKERS = {"file_server": "server", "pipeline": "e2e", "restored": "e2e"
 # (``first_run``), which the other end-to-end files copy: they come after files that need none, so
 # that no worker waits for it. The rest follow in pytest-randomly's order, which also orders
 # each file's tests.
-LONGEST_FIRST = ("test_team.py", "test_experiments.py", "test_ray_sweep.py", "test_benchmark_recipe.py",
-                 "test_faults.py", "test_tracking_faults.py",
+LONGEST_FIRST = ("test_team.py", "test_experiments.py", "test_benchmark_recipe.py", "test_ray_cluster.py",
+                 "test_ray_local.py", "test_faults.py", "test_tracking_faults.py",
                  "test_benchmark.py", "test_logged_models.py", "test_sweep.py", "test_add_method.py",
                  "test_pipeline.py")
 
