@@ -44,7 +44,11 @@ def test_ctrl_c_cancels_the_sweep_and_stops_its_stages(tmp_path, first_run):
     until_running(store, training_experiment(lambda: sweep.children(recursive=True)))
     started = sweep.children(recursive=True)  # Ray's processes, its workers, their DVC and stages
     sweep.send_signal(signal.SIGINT)
-    _, stderr = sweep.communicate(timeout=120)
+    try:
+        _, stderr = sweep.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        sweep.kill()
+        pytest.fail(f"the sweep did not stop:\n{sweep.communicate()[1][-5000:]}")
     assert sweep.returncode == 130, stderr[-3000:]
     assert "interrupted; outstanding experiments cancelled" in stderr
     psutil.wait_procs(started, timeout=30)

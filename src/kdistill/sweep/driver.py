@@ -52,8 +52,9 @@ def run_sweep(root: Path, overrides: list[str], *, address: str | None = None, n
                 print(f"  {rows[-1]['experiment']}: {rows[-1]['status']}"
                       + (f" ({rows[-1]['error']})" if rows[-1].get("error") else ""), flush=True)
     except KeyboardInterrupt:
+        print(f"sweep {plan.sweep}: interrupted; stopping its experiments", file=sys.stderr, flush=True)
         _cancel(ray, list(refs))
-        print(f"sweep {plan.sweep}: interrupted; outstanding experiments cancelled", file=sys.stderr)
+        print(f"sweep {plan.sweep}: interrupted; outstanding experiments cancelled", file=sys.stderr, flush=True)
         raise
     finally:
         ray.shutdown()
