@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,10 +65,15 @@ def runs_by_experiment(uri: str, stage: str | None = "distill_kd") -> dict[str, 
 TRAININGS = ("stages/train_", "stages/distill_")
 
 
-def training_experiment(processes: Callable[[], list[psutil.Process]], timeout: float = 600) -> str:
-    """Until one of ``processes`` is a training stage at work; its experiment's name, from `dvc exp run -n`."""
+def training_experiment(processes: Callable[[], list[psutil.Process]], sweep: subprocess.Popen,
+                        timeout: float = 600) -> str:
+    """Until one of ``processes`` is a training stage at work; its experiment's name, from `dvc exp run -n`.
+    Fails with the sweep's output if the sweep ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if sweep.poll() is not None:
+            stdout, stderr = sweep.communicate()
+            pytest.fail(f"the sweep ended (exit {sweep.returncode}) before a training started:\n{stdout}\n{stderr}")
         try:
             lines = [process.cmdline() for process in processes()]
         except psutil.NoSuchProcess:

@@ -100,7 +100,7 @@ def test_a_sweep_on_the_cluster_lands_in_git_dvc_and_mlflow_though_a_node_dies(t
     project, env, cluster, server, origin = team
     sweep = subprocess.Popen([KDISTILL, "sweep", "-n", "grid", "-S", "distill_kd.T=1,3,4", "--address", cluster.address],
                              cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = training_experiment(lambda: cluster.processes("node_a"))
+    killed = training_experiment(lambda: cluster.processes("node_a"), sweep)
     until_running(server.uri, killed)
     cluster.kill("node_a")  # mid-training: its MLflow run is RUNNING, its experiment not pushed
     stdout, stderr = sweep.communicate(timeout=1200)

@@ -41,7 +41,7 @@ def test_ctrl_c_cancels_the_sweep_and_stops_its_stages(tmp_path, first_run):
     sweep = psutil.Popen([KDISTILL, "sweep", "-n", "stopped", "-S", "distill_kd.T=6,7", "-S", "seeds=[42,7,1,2,3]"],
                          cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = f"sqlite:///{project / 'mlflow.db'}"
-    until_running(store, training_experiment(lambda: sweep.children(recursive=True)))
+    until_running(store, training_experiment(lambda: sweep.children(recursive=True), sweep))
     started = sweep.children(recursive=True)  # Ray's processes, its workers, their DVC and stages
     sweep.send_signal(signal.SIGINT)
     try:
