@@ -40,7 +40,8 @@ class Cluster:
 
         # Ray's sockets live under its temp dir, and an AF_UNIX path may not exceed 107 bytes.
         self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        with patched_env(**{key: env[key] for key in env if key.startswith("RAY_")}):  # the nodes inherit them
+        # The nodes inherit this process's environment: Ray's settings, and the project's `python` on PATH.
+        with patched_env(**{key: env[key] for key in env if key.startswith("RAY_") or key == "PATH"}):
             self.ray = RayCluster(initialize_head=True, head_node_args={
                 "num_cpus": 0, "include_dashboard": False, "temp_dir": self.temp})
             self.nodes = {name: self.ray.add_node(num_cpus=1, resources={name: 1})

@@ -38,8 +38,10 @@ def test_ctrl_c_cancels_the_sweep_and_stops_its_stages(tmp_path, first_run):
     env = sweep_env()
     project = committed_copy(first_run[0], tmp_path, env)
     # Five seeds: the stage is still at work when Ctrl-C reaches it.
+    # As from a terminal: pytest-xdist's workers ignore SIGINT, and their children would inherit that.
     sweep = psutil.Popen([KDISTILL, "sweep", "-n", "stopped", "-S", "distill_kd.T=6,7", "-S", "seeds=[42,7,1,2,3]"],
-                         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = f"sqlite:///{project / 'mlflow.db'}"
     until_running(store, training_experiment(lambda: sweep.children(recursive=True), sweep))
     started = sweep.children(recursive=True)  # Ray's processes, its workers, their DVC and stages
