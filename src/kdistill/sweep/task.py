@@ -30,9 +30,15 @@ class StepError(Exception):
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     # A process group of its own: a cancelled task (Ctrl-C on the sweep) stops the stage processes
     # that DVC started too, not only DVC, which would leave them training as orphans. Ray's worker
-    # blocks SIGINT, and the signal mask is inherited: unblock it, or Ctrl-C would never reach them.
-    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, preexec_fn=_unblock_sigint)
+    # blocks SIGINT, and a child inherits the signal mask of the thread that starts it: unblock it
+    # for the start (a preexec_fn would not be safe in Ray's threaded worker), or Ctrl-C would never
+    # reach them.
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         stdout, stderr = process.communicate()
     except BaseException:
@@ -41,10 +47,6 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     if process.returncode:
         raise StepError(_one_line(stderr + stdout) or f"{args[0]} exited with {process.returncode}")
     return stdout
-
-
-def _unblock_sigint() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
