@@ -59,6 +59,17 @@ def run_without(names: tuple[str, ...], args: list[str], cwd: Path, tmp_path: Pa
                                "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "true"})
 
 
+def code_dep_files(deps: list[str]) -> set[str]:
+    """A stage's deps from dvc.yaml with each directory dep replaced by the modules DVC hashes in it."""
+    files = set()
+    for dep in deps:
+        if (ROOT / dep).is_dir():
+            files |= {p.relative_to(ROOT).as_posix() for p in (ROOT / dep).rglob("*.py") if "__pycache__" not in p.parts}
+        else:
+            files.add(dep)
+    return files
+
+
 def committed_params() -> dict:
     """params.yaml as committed (the working copy outside git)."""
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from helpers import third_party_imports
+from helpers import code_dep_files, third_party_imports
 from kdistill.control.codedeps import SRC, closure, digest
 from kdistill.control.dvcfile import generate
 from kdistill.control.registry import METHODS, STAGES, TRAININGS, Params, stage_param_keys
@@ -101,7 +101,8 @@ SHARED_METHOD_FILES = ("methods/__init__.py", "methods/method.py", "methods/base
 
 def test_a_method_stage_depends_on_its_own_method_folder_only():
     for name, method in METHODS.items():
-        modules = {dep for dep in DVC_YAML[name]["deps"] if "/methods/" in dep and not dep.endswith(SHARED_METHOD_FILES)}
+        deps = code_dep_files(DVC_YAML[name]["deps"])
+        modules = {dep for dep in deps if "/methods/" in dep and not dep.endswith(SHARED_METHOD_FILES)}
         folder = f"src/{method.losses.rpartition('.')[0].replace('.', '/')}"
         assert modules == {f"{folder}/spec.py", f"{folder}/losses.py"}
     # The report's rows and check_params's model come from every method module: a directory dep, so
@@ -109,6 +110,27 @@ def test_a_method_stage_depends_on_its_own_method_folder_only():
     for stage in ("check_params", "report"):
         assert "src/kdistill/methods" in DVC_YAML[stage]["deps"]
         assert not [dep for dep in DVC_YAML[stage]["deps"] if "/methods/" in dep]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_code_deps_are_the_closure_with_whole_folders_as_one_dep(stage):
+    """Each folder the stage imports every module of is one entry (dvc.lock stays small), and no other."""
+    deps = [dep for dep in DVC_YAML[stage]["deps"] if dep.startswith(("src/", "stages/"))]
+    folders = [dep for dep in deps if (ROOT / dep).is_dir()]
+    imported = {path.relative_to(ROOT).as_posix() for path in closure(ROOT / "stages" / f"{stage}.py", SRC)}
+    for folder in set(folders) - {"src/kdistill/methods"}:  # methods: whole wherever every spec is read
+        assert code_dep_files([folder]) <= imported, f"{stage}: {folder} holds modules it does not import"
+    assert not [dep for dep in deps if any(dep.startswith(f"{folder}/") for folder in folders)]
+    assert code_dep_files(deps) >= imported
+    listed = {dep.rpartition("/")[0] for dep in deps if dep.endswith(".py")}
+    whole = [folder for folder in listed if code_dep_files([folder]) <= imported and folder != "stages"]
+    assert not whole, f"{stage}: lists every module of {whole} one by one"
+
+
+def test_a_training_stage_lists_the_core_as_one_folder():
+    for name in TRAININGS:
+        assert "src/kdistill/core" in DVC_YAML[name]["deps"]
+        assert not [dep for dep in DVC_YAML[name]["deps"] if dep.startswith("src/kdistill/core/")]
 
 
 def test_the_closure_follows_lazy_imports_and_declared_discovery(tmp_path):
