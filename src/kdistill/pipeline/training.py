@@ -182,9 +182,9 @@ def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
                             on_epoch=lambda result: tracking.log_metrics(result.metrics(), step=result.epoch),
                             resume_from=saved and saved["state"],
                             on_checkpoint=lambda state: resume.save(run_id, state))
-        final = history[-1]
-        tracking.log_metrics({"test_accuracy": final.test_accuracy, "train_loss": final.train_loss,
-                              "parameters": count_parameters(model)})
+        # The final accuracy and loss are the last epoch's, already logged at its step; logged again
+        # without a step they would land at step 0 and draw each curve from its end back to its start.
+        tracking.log_metrics({"parameters": count_parameters(model)})
         if not (saved and tracking.has_model(run_id)):
             with clock("model export"):
                 log_network(model, name=method.name)
