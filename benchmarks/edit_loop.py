@@ -162,11 +162,16 @@ def main(argv: list[str] | None = None) -> list[Variant]:
         parser.error(f"--archive {args.archive}: no such file")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if shutil.which("dvc") is None:
+        parser.error("no `dvc` on PATH: activate the project's environment (. .venv/bin/activate)")
     variants = [Variant(WORKSPACE, None), *args.variant]
     if len({v.label for v in variants}) < len(variants):
         parser.error(f"variant labels must differ (and not be {WORKSPACE!r})")
     for variant in args.variant:
-        _git("rev-parse", "--verify", f"{variant.commit}^{{commit}}", cwd=ROOT)  # a bad commit fails before any work
+        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{variant.commit}^{{commit}}"], cwd=ROOT,
+                               capture_output=True, check=False)
+        if found.returncode != 0:
+            parser.error(f"--variant {variant.label}={variant.commit}: no such commit")
     base = args.keep or Path(tempfile.mkdtemp(prefix="edit-loop-"))
     projects = {}
     for index, variant in enumerate(variants):

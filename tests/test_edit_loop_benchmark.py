@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -52,17 +53,20 @@ def test_the_summary_gives_each_median_against_the_workspace():
     assert lines[1].endswith("rounds: 15.0, 16.0, 50.0")
 
 
-def test_a_bad_commit_or_archive_fails_before_any_work(tmp_path):
-    def run(*args: str) -> subprocess.CompletedProcess:
+def test_bad_input_fails_before_any_work(tmp_path):
+    def run(*args: str, path: str = f"{Path(sys.executable).parent}:/usr/bin:/bin") -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "benchmarks.edit_loop", "--md5", "0", "--keep",
                                str(tmp_path / "work"), *args], cwd=ROOT, capture_output=True, text=True,
-                              env={"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "PATH": "/usr/bin:/bin"})
+                              env={"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "PATH": path})
     missing = run("--archive", str(tmp_path / "absent.tar.gz"))
     assert missing.returncode == 2 and "absent.tar.gz: no such file" in missing.stderr
     archive = tmp_path / "a.tar.gz"
     archive.write_bytes(b"x")
+    no_dvc = run("--archive", str(archive), path="/usr/bin:/bin")
+    assert no_dvc.returncode == 2 and "no `dvc` on PATH" in no_dvc.stderr
     bad = run("--archive", str(archive), "--variant", "old=no-such-commit")
-    assert bad.returncode != 0 and not (tmp_path / "work").exists()
+    assert bad.returncode == 2 and "old=no-such-commit: no such commit" in bad.stderr
+    assert not (tmp_path / "work").exists()
 
 
 def test_a_daemon_left_in_a_project_is_stopped_before_a_round(tmp_path):

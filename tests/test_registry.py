@@ -133,6 +133,17 @@ def test_a_training_stage_lists_the_core_as_one_folder():
         assert not [dep for dep in DVC_YAML[name]["deps"] if dep.startswith("src/kdistill/core/")]
 
 
+def test_dvc_reads_dvc_yaml_and_dvc_lock_with_the_c_parser():
+    # DVC parses both files several times per command; ruamel's pure-Python parser takes about 7x as
+    # long, seconds of every `dvc exp run`. ruamel.yaml.clib is optional, so only its pin provides it.
+    from dvc.utils.serialize import _yaml
+    from ruamel.yaml import YAML, main
+
+    assert main.CParser is not None and YAML(typ="safe").Parser is main.CParser
+    text = (ROOT / "dvc.yaml").read_text()
+    assert _yaml.parse_yaml(text, "dvc.yaml") == yaml.safe_load(text)
+
+
 def test_the_closure_follows_lazy_imports_and_declared_discovery(tmp_path):
     package = tmp_path / "src" / "kdistill"
     (package / "plugins").mkdir(parents=True)
