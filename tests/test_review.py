@@ -1,8 +1,13 @@
 """`kdistill review`'s rows against scipy, and its one-line errors."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from scipy import stats
 
+from helpers import copy_project, sh
 from kdistill.analysis.review import ReviewError, Side, compare, markdown, rows
 
 OLD = {"42": 68.0, "43": 69.1, "44": 67.5}
@@ -51,3 +56,17 @@ def test_markdown_names_the_changed_params_and_every_method():
 def test_a_side_without_results_is_one_clear_error():
     with pytest.raises(ReviewError, match="'HEAD' has no results"):
         rows(Side("HEAD", {}), Side("workspace", {}, {"distill_kd": {"per_seed": OLD}}))
+
+
+def test_a_commit_without_results_is_one_clear_error_from_the_cli(tmp_path):
+    """`make review` in a fresh clone: HEAD holds no dvc.lock, so DVC finds no results file there at all."""
+    project = copy_project(tmp_path / "clone")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    sh("git", "init", "-q", cwd=project, env=env)
+    sh("git", "add", "-A", cwd=project, env=env)
+    sh("git", "commit", "-qm", "code only", cwd=project, env=env)
+    result = subprocess.run([sys.executable, "-m", "kdistill.cli", "review", "--baseline", "HEAD", "--candidate",
+                             "workspace"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "'HEAD' has no results (metrics/runs/*.json)" in result.stderr

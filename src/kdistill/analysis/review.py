@@ -44,6 +44,7 @@ def _runs_path(layout: Layout, stage: str) -> str:
 def read_side(root: Path, name: str) -> Side:
     """Params and per-seed results at ``name`` (a git revision, a DVC experiment or ``workspace``)."""
     import dvc.api
+    from dvc.exceptions import PathMissingError
     from dvc.repo import Repo
     from dvc.scm import RevError, resolve_rev
 
@@ -63,7 +64,7 @@ def read_side(root: Path, name: str) -> Side:
     for stage in TRAININGS:
         try:
             results[stage] = json.loads(dvc.api.read(_runs_path(layout, stage), repo=str(root), rev=rev))
-        except FileNotFoundError:
+        except (FileNotFoundError, PathMissingError):  # a stage not run there, or no dvc.lock at all
             continue
     return Side(name, params, results)
 
