@@ -60,8 +60,8 @@ benchmark: setup
 	PYTHONPATH=src python -m benchmarks.speed
 	PYTHONPATH=src python -m benchmarks.peak
 
-# MLflow's own server imports starlette's deprecated WSGI middleware, and each of its workers would
-# print that deprecation: nothing a user of this project can act on.
+# PYTHONWARNINGS: MLflow's own server imports starlette's deprecated WSGI middleware, and each of
+# its workers would print that deprecation, which no user of this project can act on.
 UI_PORT ?= 5000
 ui: setup
 	@echo "MLflow UI, opened on the runs: http://127.0.0.1:$(UI_PORT)/#/experiments/1?workflowType=machine_learning"

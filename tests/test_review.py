@@ -7,7 +7,7 @@ import sys
 import pytest
 from scipy import stats
 
-from helpers import copy_project, sh
+from helpers import commit_all, copy_project, sh
 from kdistill.analysis.review import ReviewError, Side, compare, markdown, rows
 
 OLD = {"42": 68.0, "43": 69.1, "44": 67.5}
@@ -64,8 +64,7 @@ def test_a_commit_without_results_is_one_clear_error_from_the_cli(tmp_path):
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     sh("git", "init", "-q", cwd=project, env=env)
-    sh("git", "add", "-A", cwd=project, env=env)
-    sh("git", "commit", "-qm", "code only", cwd=project, env=env)
+    commit_all(project, env, "code only")
     result = subprocess.run([sys.executable, "-m", "kdistill.cli", "review", "--baseline", "HEAD", "--candidate",
                              "workspace"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
