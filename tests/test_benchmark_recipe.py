@@ -1,6 +1,7 @@
 """The field's benchmark end to end on tiny data: a CIFAR-100-layout archive over loopback HTTP, a CRD pair
 (a published resnet20 teacher, resnet8 students), SGD with a multi-step schedule, crop plus flip, every
-method, two seeds, under the real `dvc repro`; then which stages the new keys rerun."""
+method, under the real `dvc repro`; then which stages the new keys rerun. The students train one seed
+(7, not the teacher's 42): the same code's statistics over several seeds run on the first run (test_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from kdistill.core.runtime import resolve_runtime
 from kdistill.pipeline.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.e2e
-SEEDS = [42, 7]
+SEEDS = [7]
 RECIPE = {"networks.teacher": "resnet20", "networks.student": "resnet8", "train.optimizer": "sgd", "train.lr": 0.05,
           "train.momentum": 0.9, "train.weight_decay": 5e-4, "train.schedule": "multistep", "train.milestones": [1],
           "train.epochs": 2, "train.batch_size": 32, "train.augment": "crop_flip", "train.precision": "fp32",
@@ -52,7 +53,7 @@ def benchmark(tmp_path_factory):
     return project, env, ran, teacher
 
 
-def test_every_stage_runs_and_every_method_reports_two_seeds(benchmark):
+def test_every_stage_runs_and_every_method_reports_its_seeds(benchmark):
     project, _, ran, _ = benchmark
     assert ran == set(STAGES)
     for stage in TRAININGS:

@@ -186,10 +186,12 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
             sh("git", "config", key, value, cwd=path, env=env)
         return path
 
-    # Machine A runs everything, then pushes data, models, run-cache and its experiment.
+    # Machine A trains the teacher and one method, then pushes data, models, run-cache and its
+    # experiment. One method stands for all: the others run the same stage code (test_pipeline.py),
+    # and the report's run reaches an authenticated server in the Ray cluster's sweep.
     a, machine_env = machine("machine-a"), as_user("alice")
-    outputs.append(sh(DVC, "exp", "run", "-n", "exp-a", cwd=a, env=machine_env))
-    assert "train_teacher" in ran_stages(outputs[-1])
+    outputs.append(sh(DVC, "exp", "run", "-n", "exp-a", "distill_kd", cwd=a, env=machine_env))
+    assert ran_stages(outputs[-1]) == {"check_params", "download", "train_teacher", "distill_kd"}, outputs[-1]
     sh(DVC, "exp", "push", "origin", "exp-a", cwd=a, env=machine_env)
     sh("git", "add", "-A", cwd=a, env=env)  # the results become the team's baseline on main
     sh("git", "commit", "-qm", "baseline results", cwd=a, env=env)
@@ -201,9 +203,9 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
 
     # Machine B reuses the teacher through the run-cache and trains only what its change needs.
     b, machine_env = machine("machine-b"), as_user("bob")
-    sh(DVC, "pull", "--run-cache", cwd=b, env=machine_env)
-    outputs.append(sh(DVC, "exp", "run", "-n", "exp-b", "-S", "distill_kd.T=4", cwd=b, env=machine_env))
-    assert ran_stages(outputs[-1]) == {"check_params", "distill_kd", "report"}, outputs[-1]
+    sh(DVC, "pull", "--run-cache", "--allow-missing", cwd=b, env=machine_env)  # the other methods never ran
+    outputs.append(sh(DVC, "exp", "run", "-n", "exp-b", "-S", "distill_kd.T=4", "distill_kd", cwd=b, env=machine_env))
+    assert ran_stages(outputs[-1]) == {"check_params", "distill_kd"}, outputs[-1]
     sh(DVC, "exp", "push", "origin", "exp-b", cwd=b, env=machine_env)
 
     # A reviewer sees both machines' experiments and every run in the one server.
@@ -237,7 +239,7 @@ def test_two_machines_share_one_tracking_server_and_one_dvc_remote(tmp_path, pos
         by_experiment.setdefault(run_tags.get("dvc.experiment"), []).append(run)
         assert run_tags["host"] == socket.gethostname()
     assert set(by_experiment) == {"exp-a", "exp-b"}
-    assert sorted(r["info"]["run_name"] for r in by_experiment["exp-b"]) == ["distill_kd", "report"]
+    assert sorted(r["info"]["run_name"] for r in by_experiment["exp-b"]) == ["distill_kd"]
     assert sum(r["info"]["run_name"] == "train_teacher" for r in runs) == 1, "the teacher trained twice"
     kd_b = next(r for r in by_experiment["exp-b"] if r["info"]["run_name"] == "distill_kd")
     assert {p["key"]: p["value"] for p in kd_b["data"]["params"]}["distill_kd.T"] == "4.0"
