@@ -84,9 +84,11 @@ def training_experiment(processes: Callable[[], list[psutil.Process]], sweep: su
     pytest.fail("no training stage started")
 
 
-def until_running(uri: str, name: str, timeout: float = 60) -> None:
-    """Until experiment ``name`` has a run in progress in the store."""
+def until_running(uri: str, name: str, timeout: float = 60) -> set[str]:
+    """Until experiment ``name`` has a run in progress in the store; the stages whose runs are in progress."""
     deadline = time.monotonic() + timeout
-    while not any(run.info.status == "RUNNING" for run in runs_by_experiment(uri, None).get(name, [])):
+    while not (running := {run.info.run_name for run in runs_by_experiment(uri, None).get(name, [])
+                           if run.info.status == "RUNNING"}):
         assert time.monotonic() < deadline, f"{name} started no run"
         time.sleep(0.2)
+    return running
