@@ -44,7 +44,7 @@ def test_ctrl_c_cancels_the_sweep_and_stops_its_stages(tmp_path, first_run):
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = f"sqlite:///{project / 'mlflow.db'}"
     name = training_experiment(lambda: sweep.children(recursive=True), sweep)
-    at_work = until_running(store, name)  # its stage on its first seeds, four more to go
+    at_work = until_running(store, name)  # its stage on its first seed, four more to go
     started = sweep.children(recursive=True)  # Ray's processes, its workers, their DVC and stages
     sweep.send_signal(signal.SIGINT)
     try:
@@ -57,7 +57,7 @@ def test_ctrl_c_cancels_the_sweep_and_stops_its_stages(tmp_path, first_run):
     psutil.wait_procs(started, timeout=30)
     assert not [process.cmdline() for process in started if process.is_running()
                 and process.status() != psutil.STATUS_ZOMBIE]
-    assert not [name for name in experiments(project, env) if name.startswith("stopped-")]
+    assert not [exp for exp in experiments(project, env) if exp.startswith("stopped-")]
     # The stages got the Ctrl-C: no run is left RUNNING (a stage that never saw it would be killed
     # after a grace period, its run left RUNNING), and the stage at work stopped before its last seed.
     # The other experiment may have finished a whole stage before the Ctrl-C: that is no failure.
