@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -99,25 +101,49 @@ def connect(root: Path) -> str:
 @contextmanager
 def stage_run(stage: str, params: dict[str, Any], root: Path, *, seed: int | None = None,
               run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run for one stage execution (one seed); it ends FAILED if the stage fails.
+    """An MLflow run for one stage execution (one seed); it ends FAILED if the stage fails or is interrupted.
 
     ``run_id`` continues an interrupted run, so a resumed training stays one coherent record. If
     the store itself fails, the run is left as it is (nothing can reach it) and continued later.
     """
     connect(root)
-    with reporting("start a run in"):
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, tags=run_tags(stage, root, seed))
-        mlflow.log_params(params)
     try:
+        with interrupts_held(), reporting("start a run in"):
+            run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage,
+                                   tags=run_tags(stage, root, seed))
+            mlflow.log_params(params)
         yield run
     except TrackingError:
         raise
     except BaseException:
-        with suppress(Exception):  # the original error is the one to report
+        with interrupts_held(), suppress(Exception):  # the original error is the one to report
             mlflow.end_run("FAILED")
         raise
-    with reporting("finish the run in"):
+    with interrupts_held(), reporting("finish the run in"):
         mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C waits for the end of the block, then takes effect as it would have.
+
+    Starting or ending a run is several writes to the store. Interrupted between them, a run is
+    left RUNNING for good (created, but not yet this process's active run, or no longer), or
+    MLflow's exit hook ends it FINISHED. Only the main thread receives signals in Python.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, held[0])
+    elif held and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
 
 
 @contextmanager
