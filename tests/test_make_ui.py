@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from helpers import BIN, copy_project, free_port, wait_for_http
@@ -23,10 +24,15 @@ def test_make_ui_serves_the_projects_store_without_warnings(tmp_path):
     venv = Path(sys.prefix)
     # -o: this environment is already set up; make must not rebuild it in the copy.
     command = ["make", "-o", f"{venv}/bin/.installed", "ui", f"VENV={venv}", f"UI_PORT={port}"]
+    # Not inherited from `make test`: `make ui` must switch MLflow's job runner off itself.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
     server = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}, start_new_session=True)
+                              env={**env, "PATH": f"{BIN}:{os.environ['PATH']}"}, start_new_session=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", server)
+        serving = [" ".join(child.cmdline()) for child in psutil.Process(server.pid).children(recursive=True)]
+        assert any("uvicorn" in line for line in serving), serving
+        assert not [line for line in serving if "huey" in line or "job_runner" in line], serving
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
                                          data=json.dumps({"max_results": 10}).encode(),
                                          headers={"Content-Type": "application/json"})

@@ -71,7 +71,8 @@ class TrackingServer:
 
     def __init__(self, backend: str, artifacts: Path, env: dict[str, str], *, auth: Path | None = None,
                  admin_password: str = "") -> None:
-        self.backend, self.artifacts, self.env = backend, artifacts, dict(env)
+        self.backend, self.artifacts = backend, artifacts
+        self.env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as docs/team.md starts it
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
