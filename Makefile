@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := true
 export MLFLOW_DISABLE_TELEMETRY := true
 # MLflow's server-side job runner (GenAI scorer and trace jobs; this project has none) would start
-# eight more processes with each `mlflow server` or `mlflow ui`: 36 s of CPU and 2.4 GB, against 8.5 s
-# and 0.5 GB without (docs/performance.md, "The test suite").
+# eight more processes with each `mlflow server` or `mlflow ui`, for 4-5x the CPU time and memory
+# (`python -m benchmarks.tracking_server`; docs/performance.md, "The test suite").
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 # Stages run `python` from PATH: the project's environment, whether or not it is activated.
 export PATH := $(abspath $(BIN)):$(PATH)

@@ -131,7 +131,8 @@ def interrupts_held() -> Iterator[None]:
     left RUNNING for good (created, but not yet this process's active run, or no longer), or
     MLflow's exit hook ends it FINISHED. Only the main thread receives signals in Python.
     """
-    if threading.current_thread() is not threading.main_thread():
+    # None: a handler set outside Python, which signal.signal could not put back.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     held: list[Any] = []
