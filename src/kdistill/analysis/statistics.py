@@ -29,7 +29,7 @@ class Interval:
         if len(values) < 2:
             return cls(mean, math.nan, math.nan, len(values))
         sem = statistics.stdev(values) / math.sqrt(len(values))
-        # Student-t's quantile straight from scipy.special: scipy.stats would add 0.4 s of imports to the report.
+        # Student-t's quantile straight from scipy.special: scipy.stats would add its heavy imports to every report.
         half = float(stdtrit(len(values) - 1, 0.5 + confidence / 2)) * sem
         return cls(mean, mean - half, mean + half, len(values))
 
