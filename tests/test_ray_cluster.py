@@ -40,8 +40,13 @@ class Cluster:
 
         # Ray's sockets live under its temp dir, and an AF_UNIX path may not exceed 107 bytes.
         self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        # The test cluster writes its address to $RAY_TMPDIR/ray/ray_current_cluster, by default under
+        # /tmp/ray, which exists only once some Ray instance has run on the machine: on a fresh one the
+        # cluster failed to start. Its own folder also keeps a user's /tmp/ray as it was.
+        (Path(self.temp) / "ray").mkdir()
         # The nodes inherit this process's environment: Ray's settings, and the project's `python` on PATH.
-        with patched_env(**{key: env[key] for key in env if key.startswith("RAY_") or key == "PATH"}):
+        with patched_env(RAY_TMPDIR=self.temp,
+                         **{key: env[key] for key in env if (key.startswith("RAY_") and key != "RAY_TMPDIR") or key == "PATH"}):
             self.ray = RayCluster(initialize_head=True, head_node_args={
                 "num_cpus": 0, "include_dashboard": False, "temp_dir": self.temp})
             self.nodes = {name: self.ray.add_node(num_cpus=1, resources={name: 1})
