@@ -70,11 +70,16 @@ def code_dep_files(deps: list[str]) -> set[str]:
     return files
 
 
-def committed_params() -> dict:
-    """params.yaml as committed (the working copy outside git)."""
+def committed_params_text() -> str:
+    """params.yaml as committed, comments included (the working copy outside git): `make quick` and
+    `dvc exp run -S` rewrite the working copy."""
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
                            check=False)
-    return yaml.safe_load(shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text())
+    return shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text()
+
+
+def committed_params() -> dict:
+    return yaml.safe_load(committed_params_text())
 
 
 def shipped_params() -> dict:

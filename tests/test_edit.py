@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import committed_params_text
 from kdistill.control.edit import parse_assignment, set_params
 from kdistill.errors import ConfigError
 
@@ -15,7 +13,7 @@ from kdistill.errors import ConfigError
 @pytest.fixture
 def params(tmp_path):
     path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
+    path.write_text(committed_params_text())
     return path
 
 
