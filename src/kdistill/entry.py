@@ -19,10 +19,10 @@ def keep_freed_memory() -> bool:
     """Stop glibc from returning every large freed block to the OS (Linux/glibc only).
 
     Convolution activations of a batch are tens of MB: glibc serves each from a fresh mmap and
-    unmaps it on free, so every training step page-faults its working set in again. Kept, the
-    same pages serve every step, at the same peak memory; ``KDISTILL_KEEP_FREED_MEMORY=0`` runs a
-    stage without it, to compare. It is a process-wide setting, so only entry points make it, never
-    library code.
+    unmaps it on free, so every training step page-faults its working set in again. With the
+    freed blocks kept, every step reuses the same pages, at the same peak memory;
+    ``KDISTILL_KEEP_FREED_MEMORY=0`` runs a stage without this, to compare. It is a process-wide
+    setting, so only entry points make it, never library code.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
