@@ -72,3 +72,47 @@ def test_the_allocator_setting_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(entry.KEEP_FREED_MEMORY, "1")
     entry.configure_process()
     assert calls == [1]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop this test makes
+def test_a_ctrl_c_whose_exception_python_drops_still_stops_the_training():
+    """A KeyboardInterrupt raised in a weakref callback is dropped ("Exception ignored in ..."), as one
+    was in SQLAlchemy's registry while a stage ended an epoch: the stage trained on until killed and
+    left its MLflow run RUNNING. The stage's record of the Ctrl-C stops the loop at its next step."""
+    import signal
+    import weakref
+
+    import torch
+
+    from kdistill.core.data import DeviceImages
+    from kdistill.core.engine import train
+    from kdistill.core.networks import LightNN
+    from kdistill.core.objectives import Objective, cross_entropy
+    from kdistill.core.recipe import Recipe
+    from kdistill.core.runtime import Runtime
+    from kdistill.entry import main
+
+    runtime = Runtime(torch.device("cpu"), None)
+    data = DeviceImages(torch.zeros(32, 3, 32, 32, dtype=torch.uint8), torch.zeros(32, dtype=torch.long),
+                        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), runtime)
+    reached, epochs = [], []
+
+    class Registered:
+        pass
+
+    def stage() -> None:
+        target = Registered()
+        ref = weakref.ref(target, lambda _: signal.raise_signal(signal.SIGINT))
+        del target  # the callback runs here and Python drops its KeyboardInterrupt
+        reached.append(ref() is None)
+        train(LightNN(), Objective([cross_entropy(1.0)]), data, data, runtime, stage="distill_kd",
+              recipe=Recipe(epochs=2, batch_size=16), seed=0, on_epoch=epochs.append)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal: xdist's workers ignore it
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main("distill_kd", stage)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert reached == [True], "the dropped KeyboardInterrupt did not let the stage go on, as it does in a stage"
+    assert stopped.value.code == 130 and epochs == []

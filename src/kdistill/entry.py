@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 from kdistill.errors import KdistillError
 
@@ -37,6 +39,24 @@ def configure_process() -> None:
         keep_freed_memory()
 
 
+# A Ctrl-C raises KeyboardInterrupt wherever the main thread happens to be. When that is a finalizer
+# or a weakref callback (SQLAlchemy's registries run such callbacks while MLflow works), Python prints
+# "Exception ignored" and drops it: the stage would train on until killed, its MLflow run left
+# RUNNING. So a stage's handler also records the Ctrl-C, and the loop checks the record.
+_interrupted: list[bool] = []
+
+
+def _record_interrupt(signum: int, frame: FrameType | None) -> None:
+    _interrupted.append(True)
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if a Ctrl-C reached this stage, even one whose exception Python dropped; else nothing."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def main(stage: str, run: Callable[[], object]) -> None:
     """Run a stage: expected failures print one line naming the stage and exit 2; bugs keep their traceback."""
     configure_process()
@@ -44,8 +64,13 @@ def main(stage: str, run: Callable[[], object]) -> None:
     # out of the garbage collector's sight, neither the collections during training nor the
     # interpreter's final ones walk it again, which would otherwise make a stage's exit take seconds.
     gc.freeze()
+    # Only in place of Python's own handler: a stage started with Ctrl-C ignored keeps ignoring it.
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _record_interrupt)
     try:
         run()
+        raise_if_interrupted()  # one dropped after the loop's last check: the stage still ends as interrupted
         gc.freeze()
     except KdistillError as error:
         print(f"error: {stage}: {error}", file=sys.stderr)
@@ -53,3 +78,7 @@ def main(stage: str, run: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print(f"error: {stage}: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+        _interrupted.clear()

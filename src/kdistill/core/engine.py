@@ -21,6 +21,7 @@ from kdistill.core.networks import Network
 from kdistill.core.objectives import TEACHER_PREFIX, Objective
 from kdistill.core.recipe import CropFlip, Recipe
 from kdistill.core.runtime import Runtime
+from kdistill.entry import raise_if_interrupted
 from kdistill.errors import TrainingError
 
 LATENCY_BATCH = 128
@@ -160,6 +161,7 @@ def train(
         bar = tqdm(range(steps), desc=f"{stage} epoch {epoch}/{recipe.epochs}", unit="batch", leave=False,
                    disable=not on_terminal)
         for step in bar:
+            raise_if_interrupted()  # a Ctrl-C whose exception Python dropped (kdistill.entry) stops here
             index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             inputs = train_data.inputs(index)
             if augment is not None:

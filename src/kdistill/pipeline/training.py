@@ -29,7 +29,7 @@ from kdistill.core.networks import Network, build_model, count_parameters, featu
 from kdistill.core.objectives import Objective, Shapes
 from kdistill.core.recipe import Recipe
 from kdistill.core.runtime import Runtime, make_reproducible, resolve_runtime
-from kdistill.entry import main
+from kdistill.entry import main, raise_if_interrupted
 from kdistill.errors import DataError
 from kdistill.files import atomic_path, write_json
 from kdistill.layout import Layout, project_root
@@ -153,6 +153,7 @@ def seeded_start(network: str, build_objective: ObjectiveBuilder, section: Any, 
 
 
 def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
+    raise_if_interrupted()  # no new MLflow run after a Ctrl-C that Python dropped during the last seed's
     method, layout = ctx.method, ctx.layout
     inputs = [layout.dataset] + ([layout.teacher_outputs, layout.model(TEACHER.name)] if ctx.teacher else [])
     resume = ResumePoint(layout, method.name, seed, ctx.run_params, inputs, ctx.code)
