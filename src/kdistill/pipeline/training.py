@@ -153,7 +153,7 @@ def seeded_start(network: str, build_objective: ObjectiveBuilder, section: Any, 
 
 
 def _train_seed(ctx: TrainingContext, seed: int) -> SeedResult:
-    raise_if_interrupted()  # no new MLflow run after a Ctrl-C that Python dropped during the last seed's
+    raise_if_interrupted()  # no new MLflow run after a Ctrl-C that Python dropped during the previous seed
     method, layout = ctx.method, ctx.layout
     inputs = [layout.dataset] + ([layout.teacher_outputs, layout.model(TEACHER.name)] if ctx.teacher else [])
     resume = ResumePoint(layout, method.name, seed, ctx.run_params, inputs, ctx.code)
