@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python -m benchmarks.edit_loop --archive cifar-10-python.tar.gz --md5 <its md5> \\
         --variant before=<commit> [--variant "before, no server=<commit>:KDISTILL_PRELOAD=0"] \\
-        [--temperatures 3.5,4.5,5.5] [--epochs 1] [--format cifar10|imagefolder]
+        [--temperatures 3.5,4.5,5.5 | --stage STAGE [--rounds 3]] [--epochs 1] [--format cifar10|imagefolder]
 
 (from the project root, with the project's environment active). Each variant is a fresh project
 in a temporary folder: this checkout's files (the variant ``workspace``, always measured) or
@@ -13,6 +13,10 @@ per temperature, so that the machine's drift falls on all of them alike; before 
 every process still running in its project (a daemon a stage left behind) is stopped, so each
 round starts cold, as a user's next experiment usually does. Prints every round's seconds, the
 median per variant and its ratio to the workspace's.
+
+With ``--stage STAGE [--rounds N]``, each round reruns that stage alone instead (``dvc repro -f -s
+STAGE``): its own work, mostly epochs, alternated between the variants so that the machine's drift
+falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -133,6 +137,15 @@ def timed(command: list[str], project: Path, env: dict[str, str], log: Path) -> 
     return time.perf_counter() - started
 
 
+def round_commands(stage: str | None, rounds: int | None,
+                   temperatures: tuple[float, ...] | None) -> list[list[str]]:
+    """The timed command of each round: an experiment per temperature, or ``rounds`` forced reruns of ``stage``."""
+    if stage is None:
+        return [["dvc", "exp", "run", "-S", f"distill_kd.T={temperature:g}"]
+                for temperature in temperatures or (3.5, 4.5, 5.5)]
+    return [["dvc", "repro", "-f", "-s", stage]] * (rounds or 3)
+
+
 def summary(variants: list[Variant]) -> str:
     """One line per variant: every round, the median, and the median's ratio to the workspace's."""
     reference = statistics.median(next(v for v in variants if v.commit is None).seconds)
@@ -153,8 +166,10 @@ def main(argv: list[str] | None = None) -> list[Variant]:
     parser.add_argument("--format", default="cifar10", choices=("cifar10", "imagefolder"))
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],
                         help="LABEL=COMMIT[:KEY=VALUE,...], compared with this checkout")
-    parser.add_argument("--temperatures", type=_temperatures, default=(3.5, 4.5, 5.5),
+    parser.add_argument("--temperatures", type=_temperatures,
                         help="distill_kd.T of each round, comma-separated (default 3.5,4.5,5.5: three rounds)")
+    parser.add_argument("--stage", help="rerun this stage alone in each round (dvc repro -f -s) instead of an experiment")
+    parser.add_argument("--rounds", type=int, help="rounds of --stage (default 3)")
     parser.add_argument("--epochs", type=int, default=1, help="train.epochs of every project (default 1)")
     parser.add_argument("--keep", type=Path, help="work here and keep the projects (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -162,6 +177,12 @@ def main(argv: list[str] | None = None) -> list[Variant]:
         parser.error(f"--archive {args.archive}: no such file")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.rounds is not None and (args.stage is None or args.rounds < 1):
+        parser.error("--rounds needs --stage and must be at least 1")
+    if args.stage is not None and args.temperatures is not None:
+        parser.error("--temperatures and --stage: a round is either an experiment or a stage's rerun")
+    if args.stage is not None and args.stage not in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:
+        parser.error(f"--stage {args.stage}: no such stage in dvc.yaml")
     if shutil.which("dvc") is None:
         parser.error("no `dvc` on PATH: activate the project's environment (. .venv/bin/activate)")
     variants = [Variant(WORKSPACE, None), *args.variant]
@@ -183,13 +204,12 @@ def main(argv: list[str] | None = None) -> list[Variant]:
         seconds = timed(["dvc", "repro"], project, env, project / "benchmark.log")
         print(f"{variant.label}: dvc repro took {seconds:.1f} s (not in the medians)", flush=True)
         projects[variant.label] = project, env
-    for round_index, temperature in enumerate(args.temperatures, 1):
+    for round_index, command in enumerate(round_commands(args.stage, args.rounds, args.temperatures), 1):
         for variant in variants:
             project, env = projects[variant.label]
             stop_leftovers(project)
-            variant.seconds.append(timed(["dvc", "exp", "run", "-S", f"distill_kd.T={temperature:g}"], project, env,
-                                         project / "benchmark.log"))
-            print(f"round {round_index}: {variant.label}: distill_kd.T={temperature:g}: {variant.seconds[-1]:.1f} s",
+            variant.seconds.append(timed(command, project, env, project / "benchmark.log"))
+            print(f"round {round_index}: {variant.label}: {' '.join(command[1:])}: {variant.seconds[-1]:.1f} s",
                   flush=True)
     stop_leftovers(base)
     print(summary(variants))

@@ -66,6 +66,12 @@ def test_bad_input_fails_before_any_work(tmp_path):
     assert no_dvc.returncode == 2 and "no `dvc` on PATH" in no_dvc.stderr
     bad = run("--archive", str(archive), "--variant", "old=no-such-commit")
     assert bad.returncode == 2 and "old=no-such-commit: no such commit" in bad.stderr
+    no_stage = run("--archive", str(archive), "--stage", "train_techer")
+    assert no_stage.returncode == 2 and "--stage train_techer: no such stage" in no_stage.stderr
+    rounds_alone = run("--archive", str(archive), "--rounds", "2")
+    assert rounds_alone.returncode == 2 and "--rounds needs --stage" in rounds_alone.stderr
+    both = run("--archive", str(archive), "--stage", "report", "--temperatures", "4")
+    assert both.returncode == 2 and "--temperatures and --stage" in both.stderr
     assert not (tmp_path / "work").exists()
 
 
@@ -90,3 +96,10 @@ def test_each_round_has_its_temperature():
     for bad in ("", "four", "4,-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             edit_loop._temperatures(bad)
+
+
+def test_a_round_is_an_experiment_per_temperature_or_a_forced_rerun_of_one_stage():
+    assert edit_loop.round_commands(None, None, (3.5, 4.0)) == [["dvc", "exp", "run", "-S", "distill_kd.T=3.5"],
+                                                                ["dvc", "exp", "run", "-S", "distill_kd.T=4"]]
+    assert edit_loop.round_commands("train_teacher", 2, (3.5,)) == [["dvc", "repro", "-f", "-s", "train_teacher"]] * 2
+    assert len(edit_loop.round_commands("report", None, None)) == len(edit_loop.round_commands(None, None, None)) == 3
