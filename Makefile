@@ -12,14 +12,26 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export PATH := $(abspath $(BIN)):$(PATH)
 FAST := not e2e and not server and not slow
 
-.PHONY: setup pipeline quick test test-fast lint dvc-yaml review benchmark ui
+.PHONY: setup lock pipeline quick test test-fast lint dvc-yaml review benchmark ui
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt pins every package, not only pyproject.toml's: a fresh clone gets the environment
+# the tests passed in, whatever its dependencies have released since.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed
+
+# After a change to pyproject.toml's dependencies: resolve them afresh in a scratch environment
+# (the newest releases its pins allow), then `make test` on the result.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[test]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
 
 # Offline (no access to CIFAR-10's host)? Point at a local copy of the archive, e.g.
 #   make pipeline DATA=/path/to/cifar10-jpeg-q75.tar.gz DATA_MD5=<its md5> DATA_FORMAT=imagefolder
