@@ -1,8 +1,11 @@
 """The report: its table to the digit, and a stage that runs without torch."""
 
-import pandas as pd
+import math
 
-from kdistill.analysis.report import to_markdown
+import pandas as pd
+from matplotlib.container import ErrorbarContainer
+
+from kdistill.analysis.report import accuracy_figure, to_markdown
 from kdistill.control.params import training_keys
 from kdistill.control.registry import TRAININGS
 
@@ -26,3 +29,23 @@ def test_the_markdown_table_prints_accuracies_to_the_digit():
     assert third[3:5] == ["68.51", "0.02"]
     kd = TRAININGS["distill_kd"]
     assert f"- {kd.label}: `distill_kd.T=1`, `distill_kd.soft_target_loss_weight=1`, `distill_kd.ce_loss_weight=1`" in text
+
+
+def _accuracies(seeds: int) -> pd.DataFrame:
+    """The report table's chart columns: every stage at 70 + i, with a ±1 interval when there are several seeds."""
+    rows = [{"stage": stage, "method": training.label, "seeds": seeds, "test_accuracy": 70.0 + i,
+             "ci_low": 69.0 + i if seeds > 1 else math.nan, "ci_high": 71.0 + i if seeds > 1 else math.nan}
+            for i, (stage, training) in enumerate(TRAININGS.items())]
+    return pd.DataFrame(rows).set_index("stage")
+
+
+def test_the_accuracy_chart_draws_an_interval_only_where_there_is_one():
+    single = accuracy_figure(_accuracies(1)).axes[0]
+    assert single.get_title() == "Accuracy per method, 1 seed (no interval)"
+    assert not [c for c in single.containers if isinstance(c, ErrorbarContainer)]
+    several = accuracy_figure(_accuracies(3)).axes[0]
+    assert several.get_title() == "Accuracy per method, 3 seeds" and "95% CI" in several.get_ylabel()
+    (bars,) = [c for c in several.containers if isinstance(c, ErrorbarContainer)]
+    spans = [segment[:, 1].tolist() for segment in bars.lines[2][0].get_segments()]
+    students = list(TRAININGS)[1:]  # the teacher is a line, not a bar
+    assert spans == [[69.0 + i, 71.0 + i] for i in range(1, len(students) + 1)]

@@ -119,12 +119,16 @@ def _runtimes(table: pd.DataFrame) -> str:
     return ", ".join(sorted({f"{row['device']} ({row['precision']})" for _, row in table.iterrows()}))
 
 
-def plot_accuracy(table: pd.DataFrame, path: Path) -> None:
+def accuracy_figure(table: pd.DataFrame) -> plt.Figure:
+    """Each student's accuracy, with its interval where there is one, against the teacher and the CE student."""
     students = table.loc[[BASELINE, *METHODS]]
-    errors = [(students["test_accuracy"] - students["ci_low"]).fillna(0),
-              (students["ci_high"] - students["test_accuracy"]).fillna(0)]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.bar(students["method"], students["test_accuracy"], yerr=errors, capsize=6, color="#4c72b0")
+    ax.bar(students["method"], students["test_accuracy"], color="#4c72b0")
+    # A method without an interval (one seed) gets no error bar, not a zero-length one that looks like one.
+    shown = students[students["ci_low"].notna()]
+    if len(shown):
+        ax.errorbar(shown["method"], shown["test_accuracy"], fmt="none", ecolor="black", capsize=6,
+                    yerr=[shown["test_accuracy"] - shown["ci_low"], shown["ci_high"] - shown["test_accuracy"]])
     for stage, style in ((TEACHER.name, "--"), (BASELINE, ":")):
         ax.axhline(table.loc[stage, "test_accuracy"], linestyle=style, color="black",
                    label=f"{table.loc[stage, 'method']}: {table.loc[stage, 'test_accuracy']:.2f}%")
@@ -136,10 +140,10 @@ def plot_accuracy(table: pd.DataFrame, path: Path) -> None:
     ax.set_title(f"Accuracy per method, {seeds} seeds" if seeds > 1 else "Accuracy per method, 1 seed (no interval)")
     ax.legend(loc="lower right", fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
-    _save(fig, path)
+    return fig
 
 
-def plot_curves(layout: Layout, path: Path) -> None:
+def curves_figure(layout: Layout) -> plt.Figure:
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
     for stage, training in TRAININGS.items():
         history = pd.read_csv(layout.history(stage))
@@ -150,7 +154,7 @@ def plot_curves(layout: Layout, path: Path) -> None:
     loss.set(xlabel="epoch", ylabel="training loss (weighted total, log scale)", title="Training loss per epoch",
              yscale="log")
     acc.legend(fontsize=8)
-    _save(fig, path)
+    return fig
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -173,8 +177,8 @@ def run_report(layout: Layout) -> pd.DataFrame:
     md_path, json_path = layout.root / "metrics" / "report.md", layout.root / "metrics" / "report.json"
     pictures = [layout.report_dir / "accuracy.png", layout.report_dir / "curves.png"]
     with tracking.stage_run(REPORT, {}, layout.root):
-        plot_accuracy(table, pictures[0])
-        plot_curves(layout, pictures[1])
+        _save(accuracy_figure(table), pictures[0])
+        _save(curves_figure(layout), pictures[1])
         markdown = to_markdown(table)
         write_text(md_path, markdown)
         summary = {stage: {"test_accuracy": row["test_accuracy"], "seeds": int(row["seeds"]),
