@@ -15,10 +15,12 @@ FAST := not e2e and not server and not slow
 .PHONY: setup lock pipeline quick test test-fast lint dvc-yaml review benchmark ui
 
 # constraints.txt pins every package, not only pyproject.toml's: a fresh clone gets the environment
-# the tests passed in, whatever its dependencies have released since.
+# the tests passed in, whatever its dependencies have released since. --use-pep517: DVC's
+# antlr4-python3-runtime ships only a setup.py, which Python 3.11's pip would otherwise run the
+# deprecated way, with a notice no user can act on.
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --use-pep517 -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -28,7 +30,7 @@ setup: $(BIN)/.installed
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -e '.[test]'
+	.lock-venv/bin/pip install --quiet --use-pep517 -e '.[test]'
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .lock-venv
