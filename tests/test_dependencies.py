@@ -38,7 +38,7 @@ def needed(root: str = "kdistill", extras: tuple[str, ...] = ("test",)) -> set[s
             if requirement.marker and not any(requirement.marker.evaluate(env) for env in environments):
                 continue
             key = (_name(requirement.name), tuple(sorted(requirement.extras)))
-            if key[0] == "kdistill" or key not in found:
+            if key not in found:  # kdistill[test] names kdistill[ray,team]: extras make it another key
                 found.add(key)
                 pending.append((requirement.name, key[1]))
     return {name for name, _ in found} - {"kdistill"}

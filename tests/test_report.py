@@ -2,6 +2,7 @@
 
 import math
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.container import ErrorbarContainer
 
@@ -40,10 +41,12 @@ def _accuracies(seeds: int) -> pd.DataFrame:
 
 
 def test_the_accuracy_chart_draws_an_interval_only_where_there_is_one():
-    single = accuracy_figure(_accuracies(1)).axes[0]
+    single_figure, several_figure = accuracy_figure(_accuracies(1)), accuracy_figure(_accuracies(3))
+    plt.close(single_figure)
+    plt.close(several_figure)
+    single, several = single_figure.axes[0], several_figure.axes[0]
     assert single.get_title() == "Accuracy per method, 1 seed (no interval)"
     assert not [c for c in single.containers if isinstance(c, ErrorbarContainer)]
-    several = accuracy_figure(_accuracies(3)).axes[0]
     assert several.get_title() == "Accuracy per method, 3 seeds" and "95% CI" in several.get_ylabel()
     (bars,) = [c for c in several.containers if isinstance(c, ErrorbarContainer)]
     spans = [segment[:, 1].tolist() for segment in bars.lines[2][0].get_segments()]
